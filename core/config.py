@@ -1,0 +1,347 @@
+"""The pipeline file: loading, ``${ENV}`` interpolation, dialects, validation.
+
+Everything is validated before any work: the structure, every component's options, the
+sampling strings and the cross-references. All errors are collected and reported together,
+each prefixed with its path in the document (``datasets[1].filters[0].min: ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from . import sampling as sampling_mod
+from .component import Component, Context, Options
+from .errors import ConfigError
+from .registry import Registry, load
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_.\- ]+$")
+
+
+class KeyOptions(Options):
+    """How the stable sample key is made."""
+
+    column: str | None = None
+    """Use this column as the key (sanitised to [A-Za-z0-9_-]; duplicates are a plan error)."""
+    prefix: str | None = None
+    """Prefix of derived keys (default: the dataset name, sanitised)."""
+
+
+class DatasetSpec(Options):
+    name: str
+    source: dict[str, Any] | str
+    key: KeyOptions = Field(default_factory=KeyOptions)
+    filters: list[dict[str, Any] | str] = Field(default_factory=list)
+    sampling: str = "all"
+
+
+class RunOptions(Options):
+    out: str | None = None
+    workers: int = Field(default=1, ge=1)
+    samples_per_unit: int = Field(default=10_000, ge=1)
+    seed: int = 0
+    executor: Literal["local"] = "local"
+    overwrite: bool = False
+    device: str = "auto"
+    max_examples: int = Field(default=5, ge=0)
+    """Example (key, message) pairs kept per rejection reason and unit."""
+
+
+class PipelineDoc(Options):
+    version: Literal[1] = 1
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    media: dict[str, Any] | None = None
+    format: list[dict[str, Any] | str] = Field(default_factory=list)
+    encode: list[dict[str, Any] | str] = Field(default_factory=list)
+    write: list[dict[str, Any] | str] = Field(min_length=1)
+    run: RunOptions = Field(default_factory=RunOptions)
+
+
+#: Run options that do not change the output: excluded from the config hash.
+RUNTIME_ONLY = ("out", "workers", "executor", "overwrite", "device")
+
+
+@dataclass
+class Dataset:
+    name: str
+    slug: str
+    source: Component
+    filters: list[Component]
+    sampling: sampling_mod.Sampling
+    key: KeyOptions
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline: the normalised document and its component instances."""
+
+    doc: dict[str, Any]
+    source_path: str | None
+    base_dir: Path
+    run_options: RunOptions
+    datasets: list[Dataset]
+    media: Any
+    formatters: list[Component]
+    encoders: list[Component]
+    writers: list[Component]
+    registry: Registry
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.doc)
+
+    # Python API mirroring the CLI ------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Pipeline":
+        return load_pipeline(path, overrides=overrides)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any], base_dir: str | Path | None = None, source: str | None = None) -> "Pipeline":
+        return build_pipeline(document, base_dir=Path(base_dir or Path.cwd()), source=source)
+
+    def run(self, **kwargs: Any):
+        """Plan and execute (see :func:`mmprep.engine.run` for the keyword arguments)."""
+        from .engine import run
+
+        return run(self, **kwargs)
+
+
+def config_hash(doc: dict[str, Any]) -> str:
+    d = copy.deepcopy(doc)
+    for k in RUNTIME_ONLY:
+        d.get("run", {}).pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def slugify(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+    return s or "dataset"
+
+
+# -- loading ------------------------------------------------------------------------
+def interpolate(obj: Any, path: str = "", errors: list[str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; missing vars are errors."""
+    errors = errors if errors is not None else []
+    if isinstance(obj, str):
+
+        def sub(m: re.Match) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            errors.append(f"{path or '<root>'}: environment variable {var} is not set")
+            return m.group(0)
+
+        return _ENV.sub(sub, obj)
+    if isinstance(obj, dict):
+        return {k: interpolate(v, f"{path}.{k}" if path else str(k), errors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [interpolate(v, f"{path}[{i}]", errors) for i, v in enumerate(obj)]
+    return obj
+
+
+def read_document(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"pipeline file not found", source=str(path))
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e}", source=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}: "
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {where}{problem}", source=str(path)) from None
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None, registry: Registry | None = None) -> Pipeline:
+    """Read, interpolate, translate (dialects) and validate a pipeline file."""
+    doc = read_document(path)
+    return build_pipeline(doc, base_dir=Path(path).resolve().parent, source=str(path), overrides=overrides, registry=registry)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_pipeline(
+    doc: Any,
+    base_dir: Path,
+    source: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> Pipeline:
+    reg = registry or load()
+    errors: list[str] = []
+    doc = interpolate(doc, errors=errors)
+    if errors:
+        raise ConfigError(errors, source)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"the pipeline must be a mapping, got {type(doc).__name__}", source)
+    try:
+        translated = reg.pm.hook.translate_config(document=doc, path=source or str(base_dir))
+    except ConfigError as e:
+        raise ConfigError(e.errors, source) from None
+    if translated is not None:
+        doc = translated
+    if overrides:
+        doc = _deep_merge(doc, overrides)
+    try:
+        spec = PipelineDoc.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(_pydantic_errors(e), source) from None
+
+    ctx = Context(base_dir=base_dir, seed=spec.run.seed)
+    normalised: dict[str, Any] = {"version": 1, "datasets": [], "format": [], "encode": [], "write": []}
+
+    datasets: list[Dataset] = []
+    slugs: dict[str, int] = {}
+    for i, ds in enumerate(spec.datasets):
+        p = f"datasets[{i}]"
+        dctx = Context(base_dir=base_dir, seed=spec.run.seed, dataset=ds.name)
+        if not ds.name.strip():
+            errors.append(f"{p}.name: must not be empty")
+        slug = slugify(ds.key.prefix or ds.name)
+        if slug in slugs:
+            errors.append(f"{p}.name: dataset name {ds.name!r} clashes with datasets[{slugs[slug]}] (names must be unique)")
+        slugs[slug] = i
+        src, src_doc = _component(reg, "source", ds.source, f"{p}.source", dctx, errors)
+        filters, filter_docs = [], []
+        for j, f in enumerate(ds.filters):
+            comp, fdoc = _component(reg, "filter", f, f"{p}.filters[{j}]", dctx, errors)
+            filters.append(comp)
+            filter_docs.append(fdoc)
+        try:
+            samp = sampling_mod.parse(ds.sampling)
+        except ValueError as e:
+            errors.append(f"{p}.sampling: {e}")
+            samp = sampling_mod.Sampling()
+        datasets.append(Dataset(ds.name, slug, src, filters, samp, ds.key))
+        normalised["datasets"].append(
+            {
+                "name": ds.name,
+                "source": src_doc,
+                "key": ds.key.model_dump(mode="json"),
+                "filters": filter_docs,
+                "sampling": ds.sampling,
+            }
+        )
+
+    media = None
+    if spec.media is not None:
+        from .media import MediaStage
+
+        try:
+            media = MediaStage.from_config(spec.media, ctx)
+            normalised["media"] = media.options.model_dump(mode="json")
+        except ValidationError as e:
+            errors.extend(f"media.{m}" for m in _pydantic_errors(e))
+        except ConfigError as e:
+            errors.extend(f"media.{m}" for m in e.errors)
+
+    lists = {}
+    for section, kind in (("format", "formatter"), ("encode", "encoder"), ("write", "writer")):
+        comps = []
+        for j, c in enumerate(getattr(spec, section)):
+            comp, cdoc = _component(reg, kind, c, f"{section}[{j}]", ctx, errors)
+            comps.append(comp)
+            normalised[section].append(cdoc)
+        lists[section] = comps
+
+    seen_paths: dict[tuple[str, str], int] = {}
+    for j, w in enumerate(lists["write"]):
+        if w is None:
+            continue
+        key = (w.name, getattr(w.options, "path", ""))
+        if key in seen_paths:
+            errors.append(f"write[{j}]: a second {w.name!r} writer into the same path {key[1]!r} (give each its own 'path')")
+        seen_paths[key] = j
+
+    normalised["run"] = spec.run.model_dump(mode="json")
+    if errors:
+        raise ConfigError(errors, source)
+    return Pipeline(
+        doc=normalised,
+        source_path=source,
+        base_dir=base_dir,
+        run_options=spec.run,
+        datasets=datasets,
+        media=media,
+        formatters=lists["format"],
+        encoders=lists["encode"],
+        writers=lists["write"],
+        registry=reg,
+    )
+
+
+def _component(
+    reg: Registry, kind: str, spec: dict[str, Any] | str, path: str, ctx: Context, errors: list[str]
+) -> tuple[Component | None, dict[str, Any]]:
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    spec = dict(spec)
+    name = spec.pop("type", None)
+    if name is None:
+        errors.append(f"{path}.type: missing (which {kind} to use)")
+        return None, {}
+    try:
+        cls = reg.get(kind, name)
+    except KeyError as e:
+        errors.append(f"{path}.type: {e.args[0]}")
+        return None, {}
+    try:
+        opts = cls.Options.model_validate(spec)
+    except ValidationError as e:
+        errors.extend(f"{path}.{m}" for m in _pydantic_errors(e))
+        return None, {}
+    try:
+        comp = cls(opts, ctx)
+    except (ValueError, ConfigError) as e:
+        msgs = e.errors if isinstance(e, ConfigError) else [str(e)]
+        errors.extend(f"{path}: {m}" for m in msgs)
+        return None, {}
+    return comp, {"type": name, **opts.model_dump(mode="json")}
+
+
+def _pydantic_errors(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            else:
+                # skip pydantic's union-branch tags ('dict[str,any]', 'str', 'function-after[...]')
+                if "[" in str(part) or part in ("str", "int", "float", "bool"):
+                    continue
+                loc += f".{part}" if loc else str(part)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown option"
+        elif err["type"] == "missing":
+            msg = "required option missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append(f"{loc or '<root>'}: {msg}")
+    # de-duplicate (unions report the same location several times)
+    return list(dict.fromkeys(out))
