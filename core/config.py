@@ -55,6 +55,8 @@ class RunOptions(Options):
     device: str = "auto"
     max_examples: int = Field(default=5, ge=0)
     """Example (key, message) pairs kept per rejection reason and unit."""
+    status: bool = False
+    """Write per-sample status (key, status, reason, message) to OUT/_mmprep/status/."""
 
 
 class PipelineDoc(Options):
@@ -190,10 +192,12 @@ def build_pipeline(
     source: str | None = None,
     overrides: dict[str, Any] | None = None,
     registry: Registry | None = None,
+    interpolate_env: bool = True,
 ) -> Pipeline:
     reg = registry or load()
     errors: list[str] = []
-    doc = interpolate(doc, errors=errors)
+    if interpolate_env:
+        doc = interpolate(doc, errors=errors)
     if errors:
         raise ConfigError(errors, source)
     if not isinstance(doc, dict):

@@ -112,7 +112,7 @@ class CaptionCleanFormatter(Formatter):
         if o.normalize:
             c = c.str.normalize(o.normalize)
         c = c.str.replace_all(r"\s+", " ")  # Unicode whitespace, newlines and tabs included
-        c = c.str.replace_all(r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}]", "")  # control, zero-width, BOM
+        c = c.str.replace_all(r"[\p{Cc}\p{Cf}\p{Co}]", "")  # control, zero-width, BOM
         c = c.str.strip_chars()
         if o.max_chars:
             c = c.str.slice(0, o.max_chars).str.strip_chars_end()
