@@ -182,15 +182,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 # -- planning ----------------------------------------------------------------------------
-def make_plan(pipeline: Pipeline, out: Path, stored: dict | None) -> dict:
+def can_resume(out: Path, stored: dict | None) -> bool:
+    if stored is None:
+        return False
+    return (out / META / "plan.parquet").exists() or not any(u["kind"] == "table" for u in stored["units"])
+
+
+def make_plan(pipeline: Pipeline, out: Path, stored: dict | None, plans: list | None = None) -> dict:
     """Return run.json content (units etc.), reusing a stored plan when resuming."""
     meta = out / META
     plan_file = meta / "plan.parquet"
-    if stored is not None and (plan_file.exists() or not any(u["kind"] == "table" for u in stored["units"])):
+    if can_resume(out, stored):
         _check_fingerprints(pipeline, stored)
         return stored
     t0 = time.perf_counter()
-    plans = analyse(pipeline)
+    plans = plans if plans is not None else analyse(pipeline)
     units = build_units(plans, pipeline.run_options.samples_per_unit)
     frame = table_frame(plans)
     meta.mkdir(parents=True, exist_ok=True)
@@ -545,10 +551,12 @@ def run(
     overwrite = ro.overwrite if overwrite is None else overwrite
 
     stored = prepare_out(out, pipeline, overwrite)
+    # a fresh plan is analysed before anything is written: plan errors leave no output
+    plans = None if can_resume(out, stored) else analyse(pipeline)
     out.mkdir(parents=True, exist_ok=True)
     (out / META).mkdir(exist_ok=True)
     recover(out)
-    run_json = make_plan(pipeline, out, stored)
+    run_json = make_plan(pipeline, out, stored, plans)
     units = run_json["units"]
     units_dir = out / META / "units"
     units_dir.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int)
         rng = np.random.default_rng([seed & 0xFFFFFFFF, ds_seed])
         picks = np.sort(rng.choice(rows, size=n, replace=False)) if n < rows else None
         if picks is not None:
-            lf = lf.with_row_index(ROW).filter(pl.col(ROW).is_in(pl.Series(picks, dtype=pl.UInt32))).drop(ROW)
+            lf = lf.with_row_index(ROW).filter(pl.col(ROW).is_in(pl.Series(picks, dtype=pl.UInt32).implode())).drop(ROW)
     kept = n
     if s.hash_fraction is not None and s.hash_fraction < 1:
         frac = s.hash_fraction
