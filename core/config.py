@@ -210,11 +210,7 @@ def build_pipeline(
         doc = translated
     if overrides:
         doc = _deep_merge(doc, overrides)
-    try:
-        spec = PipelineDoc.model_validate(doc)
-    except ValidationError as e:
-        raise ConfigError(_pydantic_errors(e), source) from None
-
+    spec = _validate_structure(doc, errors)
     ctx = Context(base_dir=base_dir, seed=spec.run.seed)
     normalised: dict[str, Any] = {"version": 1, "datasets": [], "format": [], "encode": [], "write": []}
 
@@ -259,7 +255,7 @@ def build_pipeline(
             media = MediaStage.from_config(spec.media, ctx)
             normalised["media"] = media.options.model_dump(mode="json")
         except ValidationError as e:
-            errors.extend(f"media.{m}" for m in _pydantic_errors(e))
+            errors.extend(f"media.{m}".replace(".<root>", "") for m in _pydantic_errors(e))
         except ConfigError as e:
             errors.extend(f"media.{m}" for m in e.errors)
 
@@ -298,6 +294,45 @@ def build_pipeline(
     )
 
 
+def _validate_model(model, data, prefix: str, errors: list[str]):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors.extend(f"{prefix}{'.' if prefix and not m.startswith('<') else ''}{m}".replace(".<root>", "") for m in _pydantic_errors(e))
+        return None
+
+
+def _validate_structure(doc: dict[str, Any], errors: list[str]) -> PipelineDoc:
+    """Validate the sections one by one so every error is reported, not just the first."""
+    for k in doc:
+        if k not in PipelineDoc.model_fields:
+            errors.append(f"{k}: unknown section (sections: {', '.join(PipelineDoc.model_fields)})")
+    run = _validate_model(RunOptions, doc.get("run") or {}, "run", errors) or RunOptions()
+    raw = doc.get("datasets")
+    datasets = []
+    if not isinstance(raw, list) or not raw:
+        errors.append("datasets: required, a non-empty list of datasets")
+    else:
+        for i, d in enumerate(raw):
+            ds = _validate_model(DatasetSpec, d, f"datasets[{i}]", errors)
+            if ds is not None:
+                datasets.append(ds)
+    lists = {}
+    for section in ("format", "encode", "write"):
+        v = doc.get(section) or []
+        if not isinstance(v, list) or not all(isinstance(x, (dict, str)) for x in v):
+            errors.append(f"{section}: must be a list of components (mappings with 'type', or type names)")
+            v = []
+        lists[section] = v
+    if not lists["write"]:
+        errors.append("write: required, at least one writer")
+    media = doc.get("media")
+    if media is not None and not isinstance(media, dict):
+        errors.append("media: must be a mapping of media options")
+        media = None
+    return PipelineDoc.model_construct(version=1, datasets=datasets, media=media, run=run, **lists)
+
+
 def _component(
     reg: Registry, kind: str, spec: dict[str, Any] | str, path: str, ctx: Context, errors: list[str]
 ) -> tuple[Component | None, dict[str, Any]]:
@@ -316,7 +351,7 @@ def _component(
     try:
         opts = cls.Options.model_validate(spec)
     except ValidationError as e:
-        errors.extend(f"{path}.{m}" for m in _pydantic_errors(e))
+        errors.extend(f"{path}.{m}".replace(".<root>", "") for m in _pydantic_errors(e))
         return None, {}
     try:
         comp = cls(opts, ctx)
