@@ -202,6 +202,8 @@ class Formatter(Component):
     """Base of formatters: DataFrame in, DataFrame out (vectorised)."""
 
     kind = "formatter"
+    #: True when format() does per-sample Python work (worth worker processes).
+    per_sample: ClassVar[bool] = False
 
     def format(self, df: pl.DataFrame) -> pl.DataFrame:
         raise TypeError(f"formatter {self.name!r} defines no format()")
@@ -263,6 +265,9 @@ class Writer(Component):
 
     kind = "writer"
     Options: ClassVar[type[Options]] = WriterOptions
+    #: True when write_unit loops over samples in Python (tar members, MDS samples): the
+    #: engine then uses worker processes. Vectorised writers (parquet) set False.
+    per_sample: ClassVar[bool] = True
 
     def write_unit(self, df: pl.DataFrame, unit: UnitInfo, staging: Path) -> dict[str, Any]:
         raise TypeError(f"writer {self.name!r} defines no write_unit()")

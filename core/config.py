@@ -55,6 +55,9 @@ class RunOptions(Options):
     device: str = "auto"
     max_examples: int = Field(default=5, ge=0)
     """Example (key, message) pairs kept per rejection reason and unit."""
+    processes: Literal["auto", "always", "never"] = "auto"
+    """Worker processes: 'auto' uses them only when a stage does per-sample Python work
+    (media, encoders, per-sample formatters/writers, partitioned sources)."""
     status: bool = False
     """Write per-sample status (key, status, reason, message) to OUT/_mmprep/status/."""
 
@@ -70,7 +73,7 @@ class PipelineDoc(Options):
 
 
 #: Run options that do not change the output: excluded from the config hash.
-RUNTIME_ONLY = ("out", "workers", "executor", "overwrite", "device")
+RUNTIME_ONLY = ("out", "workers", "executor", "overwrite", "device", "processes")
 
 
 @dataclass

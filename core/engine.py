@@ -38,7 +38,7 @@ from typing import Any
 import polars as pl
 
 from . import __version__
-from .component import REJECT_MESSAGE, REJECT_REASON, Partition, UnitInfo
+from .component import REJECT_MESSAGE, REJECT_REASON, Partition, Source, UnitInfo
 from .config import Pipeline, build_pipeline, config_hash
 from .errors import ConfigError, MmprepError, ResumeError, UnitError
 from .plan import analyse, build_units, filter_schema_errors, sanitize_key_expr, table_frame
@@ -584,7 +584,7 @@ def run(
             print(f"mmprep: unit {unit['id']} failed: {msg}", file=sys.stderr)
 
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if workers <= 1 or len(todo) <= 1 or not needs_processes(pipeline):
             runner = UnitRunner(pipeline, out)
             for u in todo:
                 try:
@@ -602,6 +602,19 @@ def run(
     if not failed and finalize_when_done and all((units_dir / f"{u['id']}.json").exists() for u in units):
         manifest = finalize(out, pipeline=pipeline)
     return RunResult(out, manifest, len(units), len(todo) - len(failed), skipped, failed)
+
+
+def needs_processes(pipeline: Pipeline) -> bool:
+    """Worker processes pay off only for per-sample Python work (media, encoders, partitioned
+    sources such as tar/MDS reading); purely vectorised pipelines run in the driver, where
+    polars already uses every core. ``run.processes: always`` forces the pool."""
+    mode = pipeline.run_options.processes
+    if mode != "auto":
+        return mode == "always"
+    per_sample = pipeline.media is not None or bool(pipeline.encoders)
+    per_sample = per_sample or any(getattr(c, "per_sample", False) for c in (*pipeline.formatters, *pipeline.writers))
+    partitioned = any(type(d.source).scan is Source.scan for d in pipeline.datasets)
+    return per_sample or partitioned
 
 
 def _run_pool(pipeline: Pipeline, out: Path, todo: list[dict], workers: int, progress: Progress, on_fail) -> None:

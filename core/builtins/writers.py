@@ -22,6 +22,7 @@ class TableWriter(Writer):
     """Shared logic of the per-unit table writers."""
 
     ext = ""
+    per_sample = False
 
     def select(self, df: pl.DataFrame) -> pl.DataFrame:
         o = self.options

@@ -140,7 +140,7 @@ class MediaStage:
             e = rewritten
         root = self._root.rstrip("/")
         absolute = e.str.contains("://", literal=True) | e.str.starts_with("/")
-        return pl.when(absolute).then(e).otherwise(pl.lit(root + "/") + e.str.strip_chars_start("./"))
+        return pl.when(absolute).then(e).otherwise(pl.lit(root + "/") + e.str.replace(r"^(\./)+", ""))
 
     # -- the stage ---------------------------------------------------------------------
     def process(self, df: pl.DataFrame) -> pl.DataFrame:

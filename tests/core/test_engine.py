@@ -25,6 +25,7 @@ def test_units_deterministic_across_workers(run_pipeline, table, tmp_path):
     doc = base_doc(path, format=["caption-clean"])
     doc["datasets"][0]["filters"] = [{"type": "aesthetic", "cutoff": 4}]
     r1 = run_pipeline(doc, out=tmp_path / "a", workers=1)
+    doc["run"]["processes"] = "always"  # the worker-process pool, not the in-driver path
     r2 = run_pipeline(doc, out=tmp_path / "b", workers=2)
     a, b = read_all(tmp_path / "a"), read_all(tmp_path / "b")
     assert a.equals(b)

@@ -1,0 +1,139 @@
+"""End to end through the engine: webdataset tars in, NeMo precache / MDS latents out."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import yaml
+
+from mmprep import ConfigError, Pipeline, ResumeError
+
+from .conftest import CORPUS, jpeg
+
+
+def write_tars(root, n_tars=2, per=5):
+    root.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for t in range(n_tars):
+        with tarfile.open(root / f"{t:05d}.tar", "w") as tf:
+            for i in range(per):
+                k = f"s{t}{i:03d}"
+                keys.append(k)
+                w, h = (64 + 8 * i, 64) if i % 2 else (64, 72)
+                for ext, data in (("jpg", jpeg(w, h, t * 10 + i)), ("txt", CORPUS[i].encode())):
+                    info = tarfile.TarInfo(f"{k}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    return keys
+
+
+def check_counts(manifest):
+    for name, d in manifest["datasets"].items():
+        assert d["planned"] == d["written"] + sum(d.get("rejected", {}).values()), (name, d)
+
+
+def nemo_doc(models, inp, out, **extra):
+    return {
+        "batch_size_per_GPU": 3,
+        "dataloader_num_workers": 0,
+        "save_original_in_tar": False,
+        "pickle_encodings": True,
+        "input_dir": str(inp),
+        "output_dir": str(out),
+        "tar_chunk_size": 4,
+        "encodings": [
+            {"modality": "image", "extension": "jpg", "key": "autoencoderkl_image", "precision": 32,
+             "encoder_config": {"cls": "nemo.collections.multimodal.models.text_to_image.stable_diffusion.ldm.autoencoder.AutoencoderKL",
+                                "from_pretrained": str(models["vae"]), "resolution": 64}},
+            {"modality": "text", "extension": "txt", "key": "t5_text", "precision": 32, "store_pad_tokens": False,
+             "encoder_config": {"cls": "nemo.collections.multimodal.modules.imagen.encoder.t5encoder.T5Encoder",
+                                "encoder_path": str(models["t5"]), "max_seq_len": 16}},
+            {"modality": "text", "extension": "txt", "key": "clip_text", "precision": 16,
+             "encoder_config": {"cls": "nemo.collections.multimodal.modules.stable_diffusion.encoders.modules.FrozenCLIPEmbedder",
+                                "version": str(models["clip"]), "max_length": 77}},
+        ],
+        **extra,
+    }
+
+
+def test_nemo_precache_yaml_end_to_end(models, tmp_path):
+    import webdataset as wds
+
+    keys = write_tars(tmp_path / "in")
+    cfg = tmp_path / "precache.yaml"
+    cfg.write_text(yaml.safe_dump(nemo_doc(models, tmp_path / "in", tmp_path / "out")))
+    res = Pipeline.from_yaml(cfg).run(out=str(tmp_path / "out"), quiet=True)
+    check_counts(res.manifest)
+    enc = {e["type"]: e for e in res.manifest["encoders"]}
+    assert enc["vae"]["identity"]["mode"] == "params" and enc["t5"]["identity"]["store_pad_tokens"] is False
+    tars = sorted((tmp_path / "out").glob("t0_r0_*.tar"))
+    assert len(tars) == 3  # 10 samples, 4 per tar
+    with open(tmp_path / "out" / "wdinfo.pkl", "rb") as fh:
+        info = pickle.load(fh)
+    assert info["chunk_size"] == 4
+    samples = []
+    for t in tars:
+        ds = wds.WebDataset(str(t), shardshuffle=False)
+        samples += list(ds)
+    assert sorted(s["__key__"] for s in samples) == sorted(keys)
+    d = pickle.loads(samples[0]["pickle"])
+    assert d["autoencoderkl_image"].shape == (8, 32, 32) and d["autoencoderkl_image"].dtype == np.float32
+    assert d["t5_text"].ndim == 2 and d["t5_text"].shape[1] == 32 and d["t5_text"].shape[0] <= 16
+    assert d["clip_text"].shape == (77, 32)
+
+
+def test_nemo_unknown_class_is_a_clear_error(models, tmp_path):
+    doc = nemo_doc(models, tmp_path, tmp_path / "o")
+    doc["encodings"][1]["encoder_config"]["cls"] = "nemo.collections.something.FancyEncoder"
+    with pytest.raises(ConfigError, match="FancyEncoder.*cannot be mapped"):
+        Pipeline.from_dict(doc, base_dir=tmp_path)
+
+
+def test_mds_latents_preset_end_to_end(models, tmp_path):
+    from streaming import StreamingDataset
+
+    keys = write_tars(tmp_path / "in", n_tars=2, per=3)
+    doc = {
+        "datasets": [{"name": "w", "source": {"type": "webdataset", "path": str(tmp_path / "in" / "*.tar")}}],
+        "encode": [
+            {"type": "vae", "model": str(models["vae"]), "resolutions": [32, 64], "outputs": ["latents_256", "latents_512"],
+             "batch_size": 2, "mode": "sample"},
+            {"type": "clip-text", "model": str(models["clip"]), "batch_size": 4},
+        ],
+        "write": [{"type": "mds", "path": "mds", "preset": "latents"}],
+        "run": {"seed": 3},
+    }
+    res = Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(tmp_path / "out"), quiet=True)
+    check_counts(res.manifest)
+    ds = StreamingDataset(local=str(tmp_path / "out" / "mds"), remote=None, shuffle=False, batch_size=1)
+    assert len(ds) == len(keys)
+    s = ds[0]
+    assert len(s["latents_512"]) == 4 * 32 * 32 * 2 and len(s["latents_256"]) == 4 * 16 * 16 * 2
+    assert len(s["caption_latents"]) == 77 * 32 * 2
+    lat = np.frombuffer(s["latents_512"], dtype="<f2")
+    assert np.isfinite(lat).all() and lat.std() > 0
+
+
+@pytest.mark.xfail(strict=True, reason="engine: resume with a different encoder identity is not refused yet (lead)")
+def test_resume_with_changed_weights_is_refused(models, tmp_path):
+    import shutil
+
+    write_tars(tmp_path / "in", n_tars=1, per=2)
+    vae = tmp_path / "vae"
+    shutil.copytree(models["vae"], vae)
+    doc = {
+        "datasets": [{"name": "w", "source": {"type": "webdataset", "path": str(tmp_path / "in" / "*.tar")}}],
+        "encode": [{"type": "vae", "model": str(vae), "resolutions": [32], "mode": "mean"}],
+        "write": [{"type": "parquet", "path": "pq"}],
+    }
+    Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(tmp_path / "out"), quiet=True)
+    f = next(vae.glob("*.safetensors"))
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 1
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ResumeError):
+        Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(tmp_path / "out"), quiet=True)

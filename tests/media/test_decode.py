@@ -1,0 +1,351 @@
+"""Decode safety, mode conversion, resize policies, buckets, encode and passthrough."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from mmprep import Context
+from mmprep.media import REASONS, RETRYABLE_REASONS, MediaOptions, MediaStage
+from mmprep.media import resize as rz
+
+from .conftest import jpeg, photo, psnr
+
+
+def run_one(data: bytes, **opts) -> dict:
+    stage = MediaStage.from_config(opts, Context())
+    out = stage.process(pl.DataFrame({"key": ["k"], "image_bytes": [data]}, schema={"key": pl.String, "image_bytes": pl.Binary}))
+    return out.row(0, named=True)
+
+
+def image(row: dict) -> Image.Image:
+    assert row["_reject_reason"] is None, row["_reject_message"]
+    im = Image.open(io.BytesIO(row["image_bytes"]))
+    im.load()
+    assert im.size == (row["stored_width"], row["stored_height"])
+    return im
+
+
+# -- one fixture per bad input ------------------------------------------------------------
+@pytest.mark.parametrize("fast", [True, False])
+def test_truncated_jpeg_is_rejected_not_grey_filled(bad_inputs, fast):
+    row = run_one(bad_inputs["truncated_jpeg"], fast_jpeg=fast, size=128)
+    assert row["_reject_reason"] == "decode_error"
+    assert row["image_bytes"] is None
+    # also when nothing would be resized (the passthrough path still decodes fully)
+    row = run_one(bad_inputs["truncated_jpeg"], fast_jpeg=fast, resize="none")
+    assert row["_reject_reason"] == "decode_error"
+    from PIL import ImageFile
+
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+def test_html_saved_as_jpg(bad_inputs, tmp_path):
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(bad_inputs["html_as_jpg"])
+    stage = MediaStage.from_config({}, Context(base_dir=tmp_path))
+    row = stage.process(pl.DataFrame({"key": ["k"], "image_path": ["photo.jpg"]})).row(0, named=True)
+    assert row["_reject_reason"] == "not_an_image"
+    assert "HTML" in row["_reject_message"]
+
+
+def test_zero_bytes(bad_inputs):
+    row = run_one(bad_inputs["zero_bytes"])
+    assert row["_reject_reason"] == "not_an_image"
+    assert "0 bytes" in row["_reject_message"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_cmyk_jpeg_becomes_rgb(bad_inputs, fast):
+    row = run_one(bad_inputs["cmyk_jpeg"], fast_jpeg=fast)
+    im = image(row)
+    assert im.mode == "RGB" and row["image_format"] == "jpeg"
+    r, g, b = np.asarray(im).reshape(-1, 3).mean(0)
+    assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
+
+
+def test_palette_png_with_transparency_on_background(bad_inputs):
+    im = image(run_one(bad_inputs["palette_png_transparent"], format="png"))
+    a = np.asarray(im)
+    assert im.mode == "RGB"
+    assert (a[:, :32] == 255).all()  # transparent index -> white background
+    assert (a[:, 32:] == (255, 0, 0)).all()
+
+
+def test_rgba_png_composited(bad_inputs):
+    a = np.asarray(image(run_one(bad_inputs["rgba_png"], format="png")))
+    assert (a[:, :32] == 255).all()
+    assert (a[:, 32:] == (0, 200, 0)).all()
+    a = np.asarray(image(run_one(bad_inputs["rgba_png"], format="png", background=[0, 0, 0])))
+    assert (a[:, :32] == 0).all()
+
+
+def test_16bit_png_scaled_not_clipped(bad_inputs):
+    row = run_one(bad_inputs["png16"], format="png")
+    a = np.asarray(image(row)).astype(int)
+    assert abs(a[:, :32].mean() - 128) <= 1  # 32768/257, not 255
+    assert a[:, 32:].min() == 255
+    assert (row["width"], row["height"]) == (64, 48)
+
+
+def test_float_tiff_scaled(bad_inputs):
+    a = np.asarray(image(run_one(bad_inputs["float_tiff"], format="png"))).astype(int)
+    assert abs(a[:, :32].mean() - 128) <= 1  # 0.5 -> 128
+    assert a[:, 32:].min() == 255
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_exif_orientation_6(bad_inputs, fast):
+    row = run_one(bad_inputs["exif6_jpeg"], fast_jpeg=fast, format="png")
+    assert (row["width"], row["height"]) == (100, 200)  # reported after the transpose
+    a = np.asarray(image(row)).astype(int)
+    assert a.shape == (200, 100, 3)
+    # orientation 6 = rotate 90° clockwise to display: stored top-left goes to top-right
+    assert a[3:15, -15:-3, 0].mean() > 200 and a[3:15, -15:-3, 1].mean() < 80
+    assert a[3:15, 3:15].mean() > 240
+    # switched off: stored orientation, reported as stored
+    row = run_one(bad_inputs["exif6_jpeg"], fast_jpeg=fast, exif_transpose=False, format="png")
+    assert (row["width"], row["height"]) == (200, 100)
+
+
+def test_header_declaring_2e8_pixels_is_a_bomb(bad_inputs):
+    data = bad_inputs["bomb_png"]
+    assert len(data) < 200
+    row = run_one(data)
+    assert row["_reject_reason"] == "decompression_bomb"
+    # raising max_pixels above Pillow's limit makes our own check the one that decides
+    row = run_one(data, max_pixels=300_000_000)
+    assert row["_reject_reason"] == "decode_error"  # header fine, data missing -> still never grey
+
+
+def test_max_pixels_checked_before_decode():
+    row = run_one(jpeg(200, 150), max_pixels=200 * 150 - 1)
+    assert row["_reject_reason"] == "decompression_bomb"
+    assert "max_pixels" in row["_reject_message"]
+
+
+def test_pillow_bomb_warning_becomes_rejection(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    row = run_one(jpeg(120, 100), max_pixels=100 * 100)
+    assert row["_reject_reason"] == "decompression_bomb"
+    assert "decompression bomb" in row["_reject_message"]  # Pillow's warning, raised at open
+
+
+def test_animated_gif_policy(bad_inputs):
+    row = run_one(bad_inputs["animated_gif"], format="png")
+    assert row["animated"] is True
+    assert (np.asarray(image(row)) == (255, 0, 0)).all()  # first frame
+    row = run_one(bad_inputs["animated_gif"], animated="reject")
+    assert row["_reject_reason"] == "animated"
+
+
+def test_one_pixel(bad_inputs):
+    assert run_one(bad_inputs["one_pixel"], min_size=16)["_reject_reason"] == "too_small"
+    row = run_one(bad_inputs["one_pixel"], format="png")
+    assert np.asarray(image(row))[0, 0].tolist() == [10, 20, 30]
+    assert (row["stored_width"], row["stored_height"]) == (1, 1)
+
+
+def test_10000x10_strip(bad_inputs):
+    assert run_one(bad_inputs["strip"], max_aspect_ratio=20)["_reject_reason"] == "bad_aspect_ratio"
+    assert run_one(bad_inputs["strip"], min_size=64)["_reject_reason"] == "too_small"
+    assert run_one(bad_inputs["strip"], max_side=4096)["_reject_reason"] == "too_large"
+    row = run_one(bad_inputs["strip"], resize="keep-ratio-largest", size=1000)
+    assert (row["width"], row["height"]) == (10000, 10)
+    assert (row["stored_width"], row["stored_height"]) == (1000, 1)
+
+
+def test_webp_decoded_and_passed_through(bad_inputs):
+    row = run_one(bad_inputs["webp"])
+    assert row["image_format"] == "jpeg" and image(row).format == "JPEG"
+    row = run_one(bad_inputs["webp"], format="webp")
+    assert row["image_bytes"] == bad_inputs["webp"]  # already WebP, nothing changed
+
+
+def test_none_of_the_bad_inputs_crash_one_frame(bad_inputs):
+    names = sorted(bad_inputs)
+    stage = MediaStage.from_config({"min_size": 8, "max_aspect_ratio": 50, "size": 64}, Context())
+    df = pl.DataFrame({"key": names, "image_bytes": [bad_inputs[n] for n in names]}, schema={"key": pl.String, "image_bytes": pl.Binary})
+    out = stage.process(df)
+    got = dict(zip(out["key"], out["_reject_reason"]))
+    assert got == {
+        "animated_gif": None,
+        "bomb_png": "decompression_bomb",
+        "cmyk_jpeg": None,
+        "exif6_jpeg": None,
+        "float_tiff": None,
+        "html_as_jpg": "not_an_image",
+        "jpeg": None,
+        "one_pixel": "too_small",
+        "palette_png_transparent": None,
+        "png16": None,
+        "rgba_png": None,
+        "strip": "bad_aspect_ratio",
+        "truncated_jpeg": "decode_error",
+        "webp": None,
+        "zero_bytes": "not_an_image",
+    }
+    assert set(r for r in got.values() if r) <= set(REASONS)
+    kept = out.filter(pl.col("_reject_reason").is_null())
+    for b, w, h in kept.select("image_bytes", "stored_width", "stored_height").iter_rows():
+        im = Image.open(io.BytesIO(b))
+        assert im.mode == "RGB" and im.size == (w, h) and min(w, h) <= 64
+
+
+# -- resize policies -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "policy,src,size,expect",
+    [
+        ("downscale-shorter", (800, 600), 256, (341, 256)),
+        ("downscale-shorter", (600, 800), 256, (256, 341)),
+        ("downscale-shorter", (300, 200), 256, (300, 200)),  # never upscale
+        ("center-crop", (800, 600), 256, (256, 256)),
+        ("center-crop", (100, 80), 128, (128, 128)),  # always reaches its size
+        ("keep-ratio-largest", (800, 600), 256, (256, 192)),
+        ("keep-ratio-largest", (200, 100), 256, (200, 100)),
+        ("pad", (800, 400), 256, (256, 256)),
+        ("none", (800, 600), 256, (800, 600)),
+    ],
+)
+def test_resize_policies(policy, src, size, expect):
+    row = run_one(jpeg(*src), resize=policy, size=size)
+    assert (row["width"], row["height"]) == src
+    assert image(row).size == expect
+
+
+def test_downscale_shorter_micro_diffusion_rule():
+    # reject if min(w,h) < min_size; resize shorter side to max size only when larger
+    assert run_one(jpeg(300, 200), min_size=256, size=512)["_reject_reason"] == "too_small"
+    assert image(run_one(jpeg(400, 300), min_size=256, size=512)).size == (400, 300)
+    assert image(run_one(jpeg(1200, 700), min_size=256, size=512)).size == (878, 512)
+
+
+def test_center_crop_content_is_centred():
+    a = np.zeros((100, 300, 3), np.uint8)
+    a[:, 100:200] = 255  # white centre square
+    row = run_one(Image_bytes(a, "PNG"), resize="center-crop", size=50, format="png")
+    assert np.asarray(image(row)).mean() > 250
+
+
+def test_pad_uses_background():
+    a = np.zeros((100, 200, 3), np.uint8)
+    row = run_one(Image_bytes(a, "PNG"), resize="pad", size=100, format="png", background=[0, 0, 255])
+    out = np.asarray(image(row))
+    assert out.shape == (100, 100, 3)
+    assert (out[0, 50] == (0, 0, 255)).all() and (out[50, 50] == 0).all()
+
+
+def Image_bytes(a: np.ndarray, fmt: str) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, fmt)
+    return b.getvalue()
+
+
+def test_buckets_nearest_aspect_and_columns():
+    buckets = [[512, 512], [768, 512], [512, 768]]
+    stage = MediaStage.from_config({"resize": "bucket", "buckets": buckets, "format": "png"}, Context())
+    data = [jpeg(900, 600), jpeg(400, 640), jpeg(300, 290)]
+    out = stage.process(pl.DataFrame({"key": ["a", "b", "c"], "image_bytes": data}))
+    assert out["bucket_id"].to_list() == [1, 2, 0]
+    assert out["bucket_width"].to_list() == [768, 512, 512]
+    assert out["bucket_height"].to_list() == [512, 768, 512]
+    sizes = [Image.open(io.BytesIO(b)).size for b in out["image_bytes"]]
+    assert sizes == [(768, 512), (512, 768), (512, 512)]
+
+
+def test_sdxl_preset():
+    opts = MediaOptions(resize="bucket")
+    b = opts.bucket_list()
+    assert len(b) == 40 and (1024, 1024) in b
+    assert all(abs(w * h - 1024 * 1024) / (1024 * 1024) < 0.1 for w, h in b)
+    assert b[rz.nearest_bucket(1920, 1080, b)] == (1344, 768)
+
+
+# -- passthrough, quality, hashes -----------------------------------------------------------
+def test_passthrough_only_when_nothing_changes():
+    src = jpeg(300, 200)
+    assert run_one(src, size=512)["image_bytes"] == src
+    assert run_one(src, size=512, passthrough=False)["image_bytes"] != src
+    assert run_one(src, size=128)["image_bytes"] != src
+    assert run_one(src, size=512, format="png")["image_format"] == "png"
+
+
+@pytest.mark.parametrize("src", [(1024, 768), (2048, 1536), (800, 600), (1000, 3000)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_quality_equivalent_to_pillow_bicubic(src, fast):
+    data = jpeg(*src, seed=5, quality=92)
+    row = run_one(data, size=512, fast_jpeg=fast, format="png")
+    ref = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = ref.size
+    s = 512 / min(w, h)
+    ref = ref.resize((row["stored_width"], row["stored_height"]), Image.Resampling.BICUBIC)
+    assert abs(row["stored_width"] - w * s) <= 1 and abs(row["stored_height"] - h * s) <= 1
+    assert psnr(image(row), ref) >= 35.0
+
+
+def test_hash_and_verification():
+    a, b = jpeg(64, 64, seed=1), jpeg(64, 64, seed=2)
+    good = hashlib.sha256(a).hexdigest()
+    stage = MediaStage.from_config({"hash": "sha256", "verify_hash_column": "expected"}, Context())
+    out = stage.process(pl.DataFrame({"key": ["a", "b"], "image_bytes": [a, b], "expected": [good.upper(), good]}))
+    assert out["sha256"].to_list() == [good, hashlib.sha256(b).hexdigest()]
+    assert out["_reject_reason"].to_list() == [None, "hash_mismatch"]
+    stage = MediaStage.from_config({"hash": "md5", "hash_column": "h"}, Context())
+    assert stage.process(pl.DataFrame({"key": ["a"], "image_bytes": [a]}))["h"][0] == hashlib.md5(a).hexdigest()
+
+
+def test_prior_rejections_left_alone():
+    a = jpeg(64, 48)
+    df = pl.DataFrame(
+        {
+            "key": ["a", "b"],
+            "image_bytes": [a, b"garbage"],
+            "width": [1, 2],
+            "_reject_reason": [None, "filter:x"],
+            "_reject_message": [None, "upstream"],
+        }
+    )
+    out = MediaStage.from_config({}, Context()).process(df)
+    assert out["_reject_reason"].to_list() == [None, "filter:x"]
+    assert out["_reject_message"].to_list() == [None, "upstream"]
+    assert out["width"].to_list() == [64, 2]
+    assert out["image_bytes"][1] == b"garbage"
+
+
+def test_options_validation_and_masking():
+    with pytest.raises(ValidationError):
+        MediaStage.from_config({"sise": 5}, Context())
+    with pytest.raises(ValidationError):
+        MediaStage.from_config({"buckets": "nope"}, Context())
+    st = MediaStage.from_config(
+        {"storage_options": {"key": "AKIAEXAMPLE", "secret": "s3cr3tvalue", "client_kwargs": {"endpoint_url": "http://x"}}, "headers": {"Authorization": "Bearer tok123"}},
+        Context(),
+    )
+    dumped = st.options.model_dump(mode="json")
+    text = str(dumped)
+    assert "s3cr3tvalue" not in text and "AKIAEXAMPLE" not in text and "tok123" not in text
+    assert dumped["storage_options"]["client_kwargs"]["endpoint_url"] == "http://x"
+    kept = st.options.model_dump(mode="json", context={"secrets": "keep"})
+    assert kept["storage_options"]["secret"] == "s3cr3tvalue"
+    # a stage rebuilt from the masked dump uses ambient credentials instead of "***"
+    assert "key" not in MediaStage.from_config(dumped, Context())._storage
+    assert st.scrub("failed for s3cr3tvalue at https://u:pw@h/x") == "failed for *** at https://***@h/x"
+
+
+def test_retryable_reasons_exported():
+    assert isinstance(RETRYABLE_REASONS, frozenset)
+    assert {"http_5xx", "timeout", "connection_error", "too_many_retries"} <= RETRYABLE_REASONS
+    assert not {"http_404", "http_4xx", "not_found", "decode_error"} & RETRYABLE_REASONS
+    assert RETRYABLE_REASONS <= set(REASONS)
+
+
+def test_photo_fixture_compresses_like_a_photo():
+    data = jpeg(640, 480)
+    assert 20_000 < len(data) < 400_000
+    assert photo(8, 8).shape == (8, 8, 3)
