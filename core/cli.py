@@ -88,7 +88,11 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         if res.manifest is not None:
             t = res.manifest["totals"]
-            print(f"mmprep: done: {t['written']} written, {t['rejected']} rejected of {t['planned']} planned -> {res.out}", file=sys.stderr)
+            print(
+                f"mmprep: done: {t['written']} written, {t['rejected']} rejected of {t['planned']} planned "
+                f"({t['source_rows']} source rows, {t['filtered']} filtered out, {t['sampled_out']} not sampled) -> {res.out}",
+                file=sys.stderr,
+            )
         else:
             print(f"mmprep: this share is done ({res.units_done} units); the last share to finish finalizes (or: mmprep finalize {res.out})", file=sys.stderr)
     return 0
@@ -129,7 +133,16 @@ def _components(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cfg_schema(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--markdown", action="store_true", help="the configuration reference (docs/config.md) instead")
+
+
 def _schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from .docgen import render
+
+        sys.stdout.write(render())
+        return 0
     from .schema import pipeline_schema
 
     print(json.dumps(pipeline_schema(), indent=2))
@@ -166,7 +179,7 @@ def _builtin_commands(cli: CommandRegistry) -> None:
     cli.add("run", "validate, plan and run a pipeline (resumable)", _cfg_run, _run)
     cli.add("plugins", "list loaded plugins as JSON", lambda p: None, _plugins)
     cli.add("components", "list components with their options", _cfg_components, _components)
-    cli.add("schema", "JSON Schema of the pipeline file (all installed plugins)", lambda p: None, _schema)
+    cli.add("schema", "JSON Schema of the pipeline file (all installed plugins)", _cfg_schema, _schema)
     cli.add("finalize", "finalize a run whose units are all complete (array mode)", _cfg_out, _finalize)
     cli.add("verify", "check an output directory against its manifest", _cfg_out, _verify)
 

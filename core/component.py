@@ -37,7 +37,7 @@ KINDS = ("source", "filter", "formatter", "encoder", "writer")
 class Options(BaseModel):
     """Base of every component's options: typed, with defaults, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 @dataclass
@@ -116,6 +116,8 @@ def _jsonable(v: Any) -> bool:
 
 
 def _type_name(p: dict) -> str:
+    if "enum" in p:
+        return " | ".join(repr(x) for x in p["enum"])
     if "type" in p:
         t = p["type"]
         if t == "array" and "items" in p:
@@ -123,8 +125,6 @@ def _type_name(p: dict) -> str:
         return t
     if "anyOf" in p:
         return " | ".join(_type_name(x) for x in p["anyOf"])
-    if "enum" in p:
-        return " | ".join(repr(x) for x in p["enum"])
     if "const" in p:
         return repr(p["const"])
     if "$ref" in p:

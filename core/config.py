@@ -39,20 +39,32 @@ class KeyOptions(Options):
 
 class DatasetSpec(Options):
     name: str
+    """Unique dataset name (the `dataset` column; derived keys start with it)."""
     source: dict[str, Any] | str
+    """The source component: `{type: parquet, path: ...}`."""
     key: KeyOptions = Field(default_factory=KeyOptions)
+    """How stable sample keys are made."""
     filters: list[dict[str, Any] | str] = Field(default_factory=list)
+    """Filters applied in order; rejections counted per filter."""
     sampling: str = "all"
+    """Sampling string (LaViDa-O semantics): all, first:N, end:N, random:N, dup:N, hash:F; N may be P%."""
 
 
 class RunOptions(Options):
     out: str | None = None
+    """Output directory (`--out` overrides)."""
     workers: int = Field(default=1, ge=1)
+    """Worker processes of the local executor."""
     samples_per_unit: int = Field(default=10_000, ge=1)
+    """Rows per work unit (table sources); the unit is the unit of commit and resume."""
     seed: int = 0
+    """Seed of every random choice (sampling, per-sample draws)."""
     executor: Literal["local"] = "local"
+    """Executor: `local` (process pool; array mode with --shard)."""
     overwrite: bool = False
+    """Replace an existing output of a different pipeline."""
     device: str = "auto"
+    """Encoder device: auto, cpu, cuda, cuda:N."""
     max_examples: int = Field(default=5, ge=0)
     """Example (key, message) pairs kept per rejection reason and unit."""
     processes: Literal["auto", "always", "never"] = "auto"

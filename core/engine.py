@@ -703,6 +703,9 @@ def finalize(out: str | Path, pipeline: Pipeline | None = None) -> dict:
             raise MmprepError(f"accounting error in dataset {name!r}: {d}")
         d["rejected"] = dict(sorted(d["rejected"].items()))
     totals = {
+        "source_rows": sum(d["source_rows"] or 0 for d in datasets.values()),
+        "filtered": sum(sum(d["filtered"].values()) for d in datasets.values()),
+        "sampled_out": sum(d["sampled_out"] for d in datasets.values()),
         "planned": sum(d["planned"] for d in datasets.values()),
         "written": sum(d["written"] for d in datasets.values()),
         "rejected": sum(sum(d["rejected"].values()) for d in datasets.values()),

@@ -99,7 +99,7 @@ def test_mds_source_to_mds_writer(run_pipeline, tmp_path):
     rows = read_all(tmp_path / "second" / "copy")
     assert [r["image_bytes"].fp.getvalue() for r in rows] == src["image_bytes"].to_list()
     assert [r["caption"] for r in rows] == src["caption"].to_list()
-    assert rows[0]["key"].startswith("raw-")  # the engine prefixes derived keys per dataset? or shard-derived
+    assert rows[0]["key"] == "raw-toy-00000_shard_00000-000000"  # <dataset>-<shard of the raw MDS>-<index>
     assert len({r["key"] for r in rows}) == 20
 
 

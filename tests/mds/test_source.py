@@ -69,7 +69,7 @@ def test_reads_micro_diffusion_raw_mds(micro_diffusion_raw, tmp_path):
     assert df.schema["width"] == pl.Int32 and df.schema["image_bytes"] == pl.Binary
     assert df.select("image_bytes", "caption", "width", "height").to_dicts() == expected
     assert df["key"].n_unique() == 14 and df["key"].str.contains(r"^[A-Za-z0-9_-]+$").all()
-    assert df["key"][0] == "0_shard_00000-000000"
+    assert df["key"][0] == "raw-0_shard_00000-000000"  # <dataset>-<shard>-<index>
     # stable: the same keys on a second read; grouping shards changes units, not keys
     _, again, _ = read_source(S(tmp_path, path=str(root), shards_per_partition=2))
     assert again["key"].to_list() == df["key"].to_list()
