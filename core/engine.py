@@ -600,7 +600,19 @@ def run(
 
     manifest = None
     if not failed and finalize_when_done and all((units_dir / f"{u['id']}.json").exists() for u in units):
-        manifest = finalize(out, pipeline=pipeline)
+        # in array mode several shares may finish at once: one takes the lock and finalizes
+        lock = out / META / "finalize.lock"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not quiet:
+                print(f"mmprep: another process is finalizing {out} (or crashed doing so: mmprep finalize {out})", file=sys.stderr)
+        else:
+            os.close(fd)
+            try:
+                manifest = finalize(out, pipeline=pipeline)
+            finally:
+                lock.unlink(missing_ok=True)
     return RunResult(out, manifest, len(units), len(todo) - len(failed), skipped, failed)
 
 
