@@ -249,10 +249,21 @@ def dry_run(pipeline: Pipeline) -> dict:
 
 
 # -- unit execution ----------------------------------------------------------------------
+def bind_out(pipeline: Pipeline, out: Path) -> None:
+    """Tell every component where the run's output directory is (``context.out``)."""
+    comps = [d.source for d in pipeline.datasets] + [f for d in pipeline.datasets for f in d.filters]
+    comps += [*pipeline.formatters, *pipeline.encoders, *pipeline.writers]
+    for c in comps:
+        c.context.out = out
+    if pipeline.media is not None and hasattr(pipeline.media, "context"):
+        pipeline.media.context.out = out
+
+
 class UnitRunner:
     """Runs units in one process; components (and encoder models) are set up once."""
 
     def __init__(self, pipeline: Pipeline, out: Path, device: str | None = None):
+        bind_out(pipeline, out)
         self.p = pipeline
         self.out = out
         self.meta = out / META
@@ -394,34 +405,38 @@ class UnitRunner:
         return record
 
     def commit(self, unit_id: str, staging: Path, record: dict) -> None:
-        moves: list[tuple[Path, Path]] = []
-        for i, w in enumerate(self.p.writers):
-            root = self.out / getattr(w.options, "path", "")
-            _plan_moves(staging / f"w{i}", root, moves)
-        if (staging / "status").exists():
-            _plan_moves(staging / "status", self.meta / "status", moves)
+        pairs = [(staging / f"w{i}", self.out / getattr(w.options, "path", "")) for i, w in enumerate(self.p.writers)]
+        pairs.append((staging / "status", self.meta / "status"))
+        pairs = [(s, d) for s, d in pairs if s.exists()]
+        # the intent lists every file this unit is about to make visible (leaf files, so a
+        # directory shared with other units is never deleted wholesale during recovery)
+        entries = [str((d / f.relative_to(s)).relative_to(self.out)) for s, d in pairs for f in sorted(s.rglob("*")) if not f.is_dir()]
         units = self.meta / "units"
-        write_json_atomic(units / f"{unit_id}.intent.json", {"entries": [str(d.relative_to(self.out)) for _, d in moves]})
-        for src, dst in moves:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.is_dir() and not dst.is_symlink():
-                _remove(dst)  # a stale directory (e.g. of a crashed attempt) is replaced whole
-            os.replace(src, dst)  # atomic for files, even over an existing file
+        write_json_atomic(units / f"{unit_id}.intent.json", {"entries": entries})
+        for s, d in pairs:
+            _merge_move(s, d)
         write_json_atomic(units / f"{unit_id}.json", record)
         (units / f"{unit_id}.intent.json").unlink(missing_ok=True)
         (units / f"{unit_id}.failed.json").unlink(missing_ok=True)
 
 
-def _plan_moves(src_root: Path, dst_root: Path, moves: list) -> None:
-    """Top-level entries move whole; a directory whose destination exists merges."""
-    if not src_root.exists():
-        return
-    for entry in sorted(src_root.iterdir()):
-        dst = dst_root / entry.name
-        if entry.is_dir() and dst.is_dir():
-            _plan_moves(entry, dst, moves)
+def _merge_move(src: Path, dst: Path) -> None:
+    """Move src's entries into dst: a directory absent at dst appears whole (one rename);
+    one that exists (another unit's, or created concurrently) is merged; files replace
+    atomically."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if not target.exists():
+                try:
+                    os.rename(entry, target)
+                    continue
+                except OSError:  # appeared meanwhile (a concurrent commit): merge instead
+                    pass
+            _merge_move(entry, target)
         else:
-            moves.append((entry, dst))
+            os.replace(entry, target)
 
 
 # -- worker process ----------------------------------------------------------------------
@@ -673,6 +688,7 @@ def finalize(out: str | Path, pipeline: Pipeline | None = None) -> dict:
     run_json = read_json(meta / "run.json")
     if pipeline is None:
         pipeline = build_pipeline(run_json["config"], base_dir=Path(run_json["base_dir"]), source=run_json.get("source"), interpolate_env=False)
+    bind_out(pipeline, out)
     units = run_json["units"]
     records = []
     missing = []

@@ -257,16 +257,11 @@ class Fetcher:
             raise FetchError("connection_error", f"{shown}: {type(e).__name__}: {self.scrub(str(e))}", retryable=True) from None
         path = fs._strip_protocol(url)
         try:
-            size = None
-            try:
-                size = fs.size(path)
-            except (FileNotFoundError, PermissionError):
-                raise
-            except Exception:
-                size = None
-            if size is not None and size > self.max_bytes:
-                raise FetchError("too_large", f"{shown}: {size} bytes exceeds max_bytes={self.max_bytes}")
-            return fs.cat_file(path)
+            # one ranged read: never more than max_bytes + 1 bytes in memory, no extra HEAD
+            data = fs.cat_file(path, start=0, end=self.max_bytes + 1)
+            if len(data) > self.max_bytes:
+                raise FetchError("too_large", f"{shown}: larger than max_bytes={self.max_bytes}")
+            return data
         except FetchError:
             raise
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

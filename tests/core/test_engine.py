@@ -241,3 +241,38 @@ def test_status_output(run_pipeline, table, tmp_path):
     st = pl.read_parquet(tmp_path / "out" / "_mmprep" / "status" / "*.parquet")
     assert st.height == 1000
     assert st.group_by("status").len().sort("status").rows() == [("rejected", 59), ("written", 941)]
+
+
+def test_concurrent_commits_into_a_shared_directory(tmp_path):
+    """Two units committing files into the same new sub-directory never delete each other's."""
+    import threading
+
+    from mmprep.engine import _merge_move
+
+    dst = tmp_path / "out" / "_parts"
+    srcs = []
+    for u in range(8):
+        s = tmp_path / f"stage{u}" / "w0"
+        (s / "_parts").mkdir(parents=True)
+        (s / "_parts" / f"part-{u}.tar").write_bytes(b"x" * 10)
+        srcs.append(s)
+    threads = [threading.Thread(target=_merge_move, args=(s, tmp_path / "out")) for s in srcs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in dst.iterdir()) == [f"part-{u}.tar" for u in range(8)]
+
+
+def test_recovery_deletes_only_listed_files(run_pipeline, table, tmp_path):
+    _, path = table
+    out = tmp_path / "o"
+    run_pipeline(base_doc(path), out=out)
+    units = out / "_mmprep" / "units"
+    (units / "laion-00002.json").unlink()
+    (units / "laion-00002.intent.json").write_text(json.dumps({"entries": ["pq/part-laion-00002.parquet"]}))
+    from mmprep.engine import recover
+
+    recover(out)
+    assert not (out / "pq" / "part-laion-00002.parquet").exists()
+    assert len(list((out / "pq").glob("*.parquet"))) == 9
