@@ -23,6 +23,7 @@ from . import sampling as sampling_mod
 from .component import Component, Context, Options
 from .errors import ConfigError
 from .registry import Registry, load
+from .storage import mask_config
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_.\- ]+$")
@@ -100,9 +101,14 @@ class Dataset:
 
 @dataclass
 class Pipeline:
-    """A validated pipeline: the normalised document and its component instances."""
+    """A validated pipeline: the normalised document and its component instances.
+
+    ``doc`` is the normalised document with credentials masked (stored in run.json and the
+    manifest, hashed for resume); ``worker_doc`` keeps them and only travels to workers.
+    """
 
     doc: dict[str, Any]
+    worker_doc: dict[str, Any]
     source_path: str | None
     base_dir: Path
     run_options: RunOptions
@@ -268,7 +274,7 @@ def build_pipeline(
 
         try:
             media = MediaStage.from_config(spec.media, ctx)
-            normalised["media"] = media.options.model_dump(mode="json")
+            normalised["media"] = media.options.model_dump(mode="json", context={"secrets": "keep"})
         except ValidationError as e:
             errors.extend(f"media.{m}".replace(".<root>", "") for m in _pydantic_errors(e))
         except ConfigError as e:
@@ -296,7 +302,8 @@ def build_pipeline(
     if errors:
         raise ConfigError(errors, source)
     return Pipeline(
-        doc=normalised,
+        doc=mask_config(normalised),
+        worker_doc=normalised,
         source_path=source,
         base_dir=base_dir,
         run_options=spec.run,

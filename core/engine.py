@@ -651,7 +651,7 @@ def _run_pool(pipeline: Pipeline, out: Path, todo: list[dict], workers: int, pro
 
     ctx = mp.get_context("spawn")  # polars' thread pool is not fork-safe
     counter = ctx.Value("i", 0)
-    args = (pipeline.doc, str(pipeline.base_dir), pipeline.source_path, str(out), pipeline.run_options.device, counter)
+    args = (pipeline.worker_doc, str(pipeline.base_dir), pipeline.source_path, str(out), pipeline.run_options.device, counter)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=args) as pool:
         futures = {pool.submit(_worker_run, u): u for u in todo}
         for fut in as_completed(futures):

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializationInfo, field_serializer, field_validator, model_validator
 
 from ..component import Options
+from ..storage import MASK, SECRET_KEYS, mask_secrets, secret_values  # noqa: F401  (re-exported)
 
 #: Named bucket lists. ``sdxl``: the ~1 megapixel (1024²) buckets SDXL was trained on.
 BUCKET_PRESETS: dict[str, list[tuple[int, int]]] = {
@@ -20,47 +21,11 @@ BUCKET_PRESETS: dict[str, list[tuple[int, int]]] = {
     ],
 }
 
-#: Keys of ``storage_options`` (at any depth) whose values are credentials.
-SECRET_KEYS = frozenset(
-    {
-        "key", "secret", "token", "password", "passwd", "session_token", "access_key", "secret_key",
-        "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key", "sas_token",
-        "client_secret", "credentials", "api_key", "connection_string", "private_key",
-        "authorization", "proxy-authorization", "cookie", "x-api-key",
-    }
-)
-MASK = "***"
-
-
-def mask_secrets(obj: Any) -> Any:
-    """Copy of ``obj`` with the values of credential keys replaced by ``***``."""
-    if isinstance(obj, dict):
-        return {k: (MASK if str(k).lower() in SECRET_KEYS and v not in (None, "") else mask_secrets(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [mask_secrets(v) for v in obj]
-    return obj
-
-
 def drop_masked(obj: Any) -> Any:
     """Remove values that are the mask (a rebuilt stage then uses the ambient credentials)."""
     if isinstance(obj, dict):
         return {k: drop_masked(v) for k, v in obj.items() if v != MASK}
     return obj
-
-
-def secret_values(obj: Any) -> list[str]:
-    """Every credential value in ``obj`` (to scrub from messages)."""
-    out: list[str] = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if str(k).lower() in SECRET_KEYS and isinstance(v, str) and len(v) >= 4 and v != MASK:
-                out.append(v)
-            else:
-                out.extend(secret_values(v))
-    elif isinstance(obj, list):
-        for v in obj:
-            out.extend(secret_values(v))
-    return out
 
 
 class MediaOptions(Options):

@@ -57,7 +57,8 @@ def test_env_interpolation(tmp_path, monkeypatch):
     doc = {"datasets": [{"name": "a", "source": {"type": "parquet", "path": "${DATA_DIR}/x.parquet", "storage_options": {"key": "${S3_KEY:-anon}"}}}], "write": ["parquet"]}
     p = Pipeline.from_dict(doc, base_dir=tmp_path)
     assert p.doc["datasets"][0]["source"]["path"] == f"{tmp_path}/x.parquet"
-    assert p.doc["datasets"][0]["source"]["storage_options"] == {"key": "anon"}
+    assert p.worker_doc["datasets"][0]["source"]["storage_options"] == {"key": "anon"}
+    assert p.doc["datasets"][0]["source"]["storage_options"] == {"key": "***"}
     doc["datasets"][0]["source"]["path"] = "${NOPE_NOT_SET}/x"
     with pytest.raises(ConfigError, match=r"datasets\[0\]\.source\.path: environment variable NOPE_NOT_SET is not set"):
         Pipeline.from_dict(doc, base_dir=tmp_path)
@@ -114,3 +115,16 @@ def test_docs_config_is_current():
     from ..conftest import REPO
 
     assert (REPO / "docs" / "config.md").read_text() == render(), "docs/config.md is stale: run `mmprep schema --markdown > docs/config.md`"
+
+
+def test_credentials_masked_in_stored_doc_but_kept_for_workers(tmp_path):
+    doc = {
+        "datasets": [{"name": "a", "key": {"column": "id"}, "source": {"type": "parquet", "path": "s3://u:pw@bucket/x.parquet", "storage_options": {"key": "AKIAXXXX", "secret": "s3cr3t-value", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}}}],
+        "write": ["parquet"],
+    }
+    p = Pipeline.from_dict(doc, base_dir=tmp_path)
+    stored = str(p.doc)
+    assert "s3cr3t-value" not in stored and "AKIAXXXX" not in stored and "pw@" not in stored
+    assert p.doc["datasets"][0]["key"] == {"column": "id", "prefix": None}
+    assert p.doc["datasets"][0]["source"]["storage_options"]["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
+    assert p.worker_doc["datasets"][0]["source"]["storage_options"]["secret"] == "s3cr3t-value"

@@ -247,6 +247,8 @@ def test_memory_fsspec_url():
     out, _ = run({}, ["memory://media-test/one.jpg", "memory://media-test/none.jpg"])
     assert reasons(out) == [None, "not_found"]
     assert Image.open(io.BytesIO(out["image_bytes"][0])).size == (96, 64)
+    out, _ = run({"max_bytes": 1000}, ["memory://media-test/one.jpg"])
+    assert reasons(out) == ["too_large"]
 
 
 def test_bytes_and_paths_mixed(tmp_path):
