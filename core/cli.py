@@ -39,7 +39,7 @@ def _cfg_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="worker processes (overrides run.workers)")
     p.add_argument("--shard", help="array mode: run only share I of N (I/N); also SLURM_ARRAY_TASK_ID/COUNT, RANK/WORLD_SIZE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output of a different pipeline")
-    p.add_argument("--dry-run", action="store_true", help="validate and plan only; print rows per dataset and units")
+    p.add_argument("--dry-run", nargs="?", const="plan", choices=["plan", "measure"], help="validate and plan only (=measure: also time a short sample of the stages)")
     p.add_argument("--retry-failed", action="store_true", help="redo units with retryable rejections (timeouts, 5xx...)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value, e.g. run.seed=3")
@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         shard=shard,
         overwrite=args.overwrite or None,
-        dry_run_only=args.dry_run,
+        dry_run_only=args.dry_run or False,
         quiet=args.quiet,
         retry_failed=args.retry_failed,
     )

@@ -60,8 +60,10 @@ class RunOptions(Options):
     """Rows per work unit (table sources); the unit is the unit of commit and resume."""
     seed: int = 0
     """Seed of every random choice (sampling, per-sample draws)."""
-    executor: Literal["local"] = "local"
-    """Executor: `local` (process pool; array mode with --shard)."""
+    executor: Literal["local", "ray"] = "local"
+    """Executor: `local` (process pool; array mode with --shard) or `ray` (pip install mmprep[ray])."""
+    ray_address: str | None = None
+    """Ray cluster address for executor `ray` (default: an existing cluster from RAY_ADDRESS, else a local one)."""
     overwrite: bool = False
     """Replace an existing output of a different pipeline."""
     device: str = "auto"
@@ -86,7 +88,7 @@ class PipelineDoc(Options):
 
 
 #: Run options that do not change the output: excluded from the config hash.
-RUNTIME_ONLY = ("out", "workers", "executor", "overwrite", "device", "processes")
+RUNTIME_ONLY = ("out", "workers", "executor", "ray_address", "overwrite", "device", "processes")
 
 
 @dataclass

@@ -234,20 +234,6 @@ def _check_fingerprints(pipeline: Pipeline, stored: dict) -> None:
             )
 
 
-def dry_run(pipeline: Pipeline) -> dict:
-    """Validate + plan without writing: rows per dataset after filters/sampling, units."""
-    plans = analyse(pipeline)
-    units = build_units(plans, pipeline.run_options.samples_per_unit)
-    return {
-        "config_hash": pipeline.config_hash,
-        "datasets": [dp.summary() for dp in plans],
-        "units": len(units),
-        "samples_per_unit": pipeline.run_options.samples_per_unit,
-        "writers": [{"type": w.name, "path": getattr(w.options, "path", "")} for w in pipeline.writers],
-        "encoders": [e.name for e in pipeline.encoders],
-    }
-
-
 # -- unit execution ----------------------------------------------------------------------
 def bind_out(pipeline: Pipeline, out: Path) -> None:
     """Tell every component where the run's output directory is (``context.out``)."""
@@ -547,7 +533,7 @@ def run(
     workers: int | None = None,
     shard: tuple[int, int] | None = None,
     overwrite: bool | None = None,
-    dry_run_only: bool = False,
+    dry_run_only: bool | str = False,
     quiet: bool = False,
     retry_failed: bool = False,
     finalize_when_done: bool = True,
@@ -561,7 +547,9 @@ def run(
     if not out.is_absolute():
         out = (Path.cwd() / out).resolve()
     if dry_run_only:
-        return RunResult(out, None, 0, 0, 0, dry_run=dry_run(pipeline))
+        from .dryrun import dry_run
+
+        return RunResult(out, None, 0, 0, 0, dry_run=dry_run(pipeline, measure=dry_run_only == "measure"))
     workers = workers or ro.workers
     overwrite = ro.overwrite if overwrite is None else overwrite
 
@@ -599,7 +587,11 @@ def run(
             print(f"mmprep: unit {unit['id']} failed: {msg}", file=sys.stderr)
 
     try:
-        if workers <= 1 or len(todo) <= 1 or not needs_processes(pipeline):
+        if ro.executor == "ray":
+            from .ray_executor import run_units_ray
+
+            run_units_ray(pipeline, out, todo, workers, progress, on_fail)
+        elif workers <= 1 or len(todo) <= 1 or not needs_processes(pipeline):
             runner = UnitRunner(pipeline, out)
             for u in todo:
                 try:
@@ -824,4 +816,4 @@ def verify(out: str | Path) -> list[str]:
     return problems
 
 
-__all__ = ["run", "finalize", "verify", "dry_run", "RunResult", "config_hash", "parse_shard", "shard_from_env"]
+__all__ = ["run", "finalize", "verify", "RunResult", "config_hash", "parse_shard", "shard_from_env"]
