@@ -119,12 +119,12 @@ def test_docs_config_is_current():
 
 def test_credentials_masked_in_stored_doc_but_kept_for_workers(tmp_path):
     doc = {
-        "datasets": [{"name": "a", "key": {"column": "id"}, "source": {"type": "parquet", "path": "s3://u:pw@bucket/x.parquet", "storage_options": {"key": "AKIAXXXX", "secret": "s3cr3t-value", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}}}],
+        "datasets": [{"name": "a", "key": {"column": "id"}, "source": {"type": "parquet", "path": "s3://u:pw@bucket/x.parquet", "storage_options": {"key": "AKIAEXAMPLEKEY", "secret": "s3cr3t-value", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}}}],
         "write": ["parquet"],
     }
     p = Pipeline.from_dict(doc, base_dir=tmp_path)
     stored = str(p.doc)
-    assert "s3cr3t-value" not in stored and "AKIAXXXX" not in stored and "pw@" not in stored
+    assert "s3cr3t-value" not in stored and "AKIAEXAMPLEKEY" not in stored and "pw@" not in stored
     assert p.doc["datasets"][0]["key"] == {"column": "id", "prefix": None}
     assert p.doc["datasets"][0]["source"]["storage_options"]["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
     assert p.worker_doc["datasets"][0]["source"]["storage_options"]["secret"] == "s3cr3t-value"

@@ -40,7 +40,7 @@ class LlavaFormatter(Formatter):
     Options = LlavaOptions
 
     def fields(self, df: pl.DataFrame) -> tuple[dict[str, pl.Expr], tuple[str, ...]]:
-        raise NotImplementedError
+        raise TypeError(f"formatter {self.name!r} defines no fields()")
 
     def format(self, df: pl.DataFrame) -> pl.DataFrame:
         o = self.options

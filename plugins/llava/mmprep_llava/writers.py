@@ -174,7 +174,7 @@ class _LlavaWriter(Writer):
         return info
 
     def _assemble(self, root: Path, parts: list[str], target: Path) -> int:
-        raise NotImplementedError
+        raise TypeError(f"writer {self.name!r} defines no _assemble()")
 
     def _write_yaml(self, root: Path, files: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> str:
         import yaml
