@@ -80,7 +80,9 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
     )
     if res.dry_run is not None:
-        print(json.dumps(res.dry_run, indent=2))
+        from .dryrun import format_dry_run
+
+        print(format_dry_run(res.dry_run))
         return 0
     if res.failed:
         print(f"mmprep: {len(res.failed)} units failed; rerun the same command to redo them", file=sys.stderr)
@@ -95,6 +97,10 @@ def _run(args: argparse.Namespace) -> int:
             )
         else:
             print(f"mmprep: this share is done ({res.units_done} units); the last share to finish finalizes (or: mmprep finalize {res.out})", file=sys.stderr)
+    if getattr(args, "report", False) and res.manifest is not None:
+        from .report import build_report
+
+        print(f"mmprep: report: {build_report(res.out)}", file=sys.stderr)
     return 0
 
 
@@ -176,12 +182,19 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _builtin_commands(cli: CommandRegistry) -> None:
-    cli.add("run", "validate, plan and run a pipeline (resumable)", _cfg_run, _run)
+    cli.add("run", "validate, plan and run a pipeline (resumable)",
+            lambda p: (_cfg_run(p), p.add_argument("--report", action="store_true", help="also write OUT/_mmprep/preview.html (mmprep preview)")), _run)
     cli.add("plugins", "list loaded plugins as JSON", lambda p: None, _plugins)
     cli.add("components", "list components with their options", _cfg_components, _components)
     cli.add("schema", "JSON Schema of the pipeline file (all installed plugins)", _cfg_schema, _schema)
     cli.add("finalize", "finalize a run whose units are all complete (array mode)", _cfg_out, _finalize)
     cli.add("verify", "check an output directory against its manifest", _cfg_out, _verify)
+    cli.add("preview", "write an HTML report (samples, histograms, rejections, timings) of an output or any dataset",
+            lambda p: __import__("mmprep.report", fromlist=["x"]).configure_preview(p),
+            lambda a: __import__("mmprep.report", fromlist=["x"]).run_preview(a))
+    cli.add("init", "write a starter pipeline for a seed workflow (mmprep init --list)",
+            lambda p: __import__("mmprep.recipes", fromlist=["x"]).configure_init(p),
+            lambda a: __import__("mmprep.recipes", fromlist=["x"]).run_init(a))
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, CommandRegistry]:
