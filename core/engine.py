@@ -133,8 +133,28 @@ def prepare_out(out: Path, pipeline: Pipeline, overwrite: bool) -> dict | None:
                     f"{out} holds a run of a different pipeline (config hash {stored.get('config_hash')} != "
                     f"{pipeline.config_hash}): {shown or 'see run.json'}. Use --overwrite to replace it, or another --out"
                 )
+            _check_encoder_identities(pipeline, stored)
             return stored
     return None
+
+
+def encoder_identities(pipeline: Pipeline) -> list[dict]:
+    return [json.loads(json.dumps({"type": e.name, "identity": e.identity()}, default=str)) for e in pipeline.encoders]
+
+
+def _check_encoder_identities(pipeline: Pipeline, stored: dict) -> None:
+    """Outputs cached with other model weights are stale: refuse to resume into them."""
+    old = stored.get("encoders")
+    if old is None:
+        return
+    new = encoder_identities(pipeline)
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            changes = _diff(a["identity"], b["identity"])
+            raise ResumeError(
+                f"encode[{i}] ({b['type']}): the encoder's identity changed since this output was made "
+                f"({'; '.join(changes[:4])}); its cached outputs would be stale. Use --overwrite, or another --out"
+            )
 
 
 def _hashed(doc: dict) -> dict:
@@ -213,6 +233,7 @@ def make_plan(pipeline: Pipeline, out: Path, stored: dict | None, plans: list | 
         "base_dir": str(pipeline.base_dir),
         "datasets": [dp.summary() for dp in plans],
         "fingerprints": {dp.ds.name: dp.fingerprint for dp in plans},
+        "encoders": encoder_identities(pipeline),
         "units": units,
         "plan_seconds": round(time.perf_counter() - t0, 3),
         "created_at": time.time(),
@@ -341,9 +362,11 @@ class UnitRunner:
         if self.p.media is not None:
             stages.append(("media", self.p.media.process))
         stages += [(f"format:{f.name}", f.format) for f in self.p.formatters]
+        enc_before = []
         if self.p.encoders:
             self._setup_encoders()
             stages += [(f"encode:{e.name}", e.encode) for e in self.p.encoders]
+            enc_before = [dict(e.stats()) if hasattr(e, "stats") else {} for e in self.p.encoders]
         for name, fn in stages:
             if not df.height:
                 break
@@ -377,6 +400,10 @@ class UnitRunner:
                 "rejected": dict(sorted(rejected.items())),
                 "examples": examples,
                 "writers": writer_stats,
+                "encoder_stats": [
+                    {k: v - before.get(k, 0) for k, v in (e.stats() if hasattr(e, "stats") else {}).items()}
+                    for e, before in zip(self.p.encoders, enc_before)
+                ],
                 "timings": {k: round(v, 4) for k, v in timings.items()},
                 "seconds": round(time.perf_counter() - t0, 4),
                 "started_at": started,
@@ -737,8 +764,12 @@ def finalize(out: str | Path, pipeline: Pipeline | None = None) -> dict:
     totals["rejected_by_reason"] = dict(sorted(totals["rejected_by_reason"].items()))
 
     encoders = []
-    for e in pipeline.encoders:
-        encoders.append({"type": e.name, "identity": e.identity(), "outputs": e.output_columns()})
+    for i, e in enumerate(pipeline.encoders):
+        stats: dict[str, int] = {}
+        for r in records:
+            for k, v in (r.get("encoder_stats") or [{}] * len(pipeline.encoders))[i].items():
+                stats[k] = stats.get(k, 0) + v
+        encoders.append({"type": e.name, "identity": e.identity(), "outputs": e.output_columns(), "stats": stats})
     manifest: dict[str, Any] = {
         "mmprep_version": __version__,
         "config": run_json["config"],
@@ -807,6 +838,16 @@ def verify(out: str | Path) -> list[str]:
         pipeline = build_pipeline(manifest["config"], base_dir=out, interpolate_env=False)
     except (ConfigError, MmprepError) as e:
         return problems + [f"{mpath}: cannot rebuild the writers from the stored config: {e}"]
+    stored_enc = [{"type": e["type"], "identity": e["identity"]} for e in manifest.get("encoders", [])]
+    if stored_enc and pipeline.encoders:
+        try:
+            current = encoder_identities(pipeline)
+        except Exception as e:  # the model is gone: cannot tell, say so
+            problems.append(f"{mpath}: cannot recompute encoder identities ({type(e).__name__}: {e})")
+        else:
+            for i, (a, b) in enumerate(zip(stored_enc, current)):
+                if a != b:
+                    problems.append(f"{mpath}: encode[{i}] ({b['type']}) identity differs from the model now configured ({'; '.join(_diff(a['identity'], b['identity'])[:3])}): outputs are stale")
     for i, w in enumerate(pipeline.writers):
         root = out / getattr(w.options, "path", "")
         try:

@@ -7,6 +7,10 @@ set -euo pipefail
 OUT=${1:?usage: run.sh OUT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${MMPREP_PYTHON:-python}
+tiny_models() {  # build tiny random models once (no downloads); real ones come from the env vars
+  if [ ! -d "$OUT/models/vae" ]; then "$PY" -m mmprep_encoders.tiny "$OUT/models" >/dev/null; fi
+  echo "encoders use tiny random models under $OUT/models (set the model env vars for real ones)"
+}
 run_encode_yaml() {  # $1 encode.yaml, $2 out dir: run it only when an encoder is installed and it validates
   local have
   have=$(mmprep components encoder 2>/dev/null | awk '$1=="encoder"{print $2}' | tr '\n' ' ')
@@ -39,6 +43,10 @@ assert info["chunk_size"] == n and info["total_key_count"] == n * len(info["tar_
 print(f"wdinfo.pkl: {len(info['tar_files'])} full shards of {n} (of {len(shards)} shards)")
 PYEOF
 if [ -f "$HERE/encode.yaml" ]; then  # NeMo precache config (dialect): IN = the shards, OUT = its output
+  if [ -z "${VAE:-}" ] && mmprep components encoder 2>/dev/null | grep -E "^encoder +vae " >/dev/null; then
+    tiny_models
+    export VAE="$OUT/models/vae" CLIP="$OUT/models/clip" T5="$OUT/models/t5" RES=${RES:-64}
+  fi
   IN="$WDS_SHARDS" CHUNK="$SAMPLES_PER_SHARD" OUT="$OUT/encoded" run_encode_yaml "$HERE/encode.yaml" "$OUT/encoded"
 fi
 echo "nemo example OK: $OUT/run/tarfiles_reorganized"

@@ -7,6 +7,10 @@ set -euo pipefail
 OUT=${1:?usage: run.sh OUT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${MMPREP_PYTHON:-python}
+tiny_models() {  # build tiny random models once (no downloads); real ones come from the env vars
+  if [ ! -d "$OUT/models/vae" ]; then "$PY" -m mmprep_encoders.tiny "$OUT/models" >/dev/null; fi
+  echo "encoders use tiny random models under $OUT/models (set the model env vars for real ones)"
+}
 run_encode_yaml() {  # $1 encode.yaml, $2 out dir: run it only when an encoder is installed and it validates
   local have
   have=$(mmprep components encoder 2>/dev/null | awk '$1=="encoder"{print $2}' | tr '\n' ' ')
@@ -49,6 +53,10 @@ for p in sorted(shards.glob("*.tar")):
 print(f"sidecar + merged outputs aligned key by key with {total} input samples")
 PYEOF
 if [ -f "$HERE/encode.yaml" ]; then
+  if [ -z "${LLM:-}" ] && mmprep components encoder 2>/dev/null | grep -E "^encoder +llm-mean " >/dev/null; then
+    tiny_models
+    export LLM="$OUT/models/lm" MAX_LEN=${MAX_LEN:-64} DTYPE=${DTYPE:-float32}
+  fi
   run_encode_yaml "$HERE/encode.yaml" "$OUT/encoded"
 fi
 echo "proclip example OK: $OUT/run"
