@@ -55,7 +55,7 @@ PYEOF
 if [ -f "$HERE/encode.yaml" ]; then
   if [ -z "${LLM:-}" ] && mmprep components encoder 2>/dev/null | grep -E "^encoder +llm-mean " >/dev/null; then
     tiny_models
-    export LLM="$OUT/models/lm" MAX_LEN=${MAX_LEN:-64} DTYPE=${DTYPE:-float32}
+    export LLM="$OUT/models/lm" MAX_LEN=${MAX_LEN:-64}
   fi
   run_encode_yaml "$HERE/encode.yaml" "$OUT/encoded"
 fi
