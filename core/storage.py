@@ -88,10 +88,11 @@ def secret_values(obj: Any) -> list[str]:
 
 
 def mask_config(obj: Any) -> Any:
-    """Copy of a pipeline document safe to store and log: every ``storage_options`` subtree
-    has its credential values masked and every string has URL user info removed."""
+    """Copy of a pipeline document safe to store and log: every ``storage_options`` (and HTTP
+    ``headers``) subtree has its credential values masked and every string has URL user info
+    removed."""
     if isinstance(obj, dict):
-        return {k: (mask_secrets(v) if k == "storage_options" else mask_config(v)) for k, v in obj.items()}
+        return {k: (mask_secrets(v) if k in ("storage_options", "headers") else mask_config(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [mask_config(v) for v in obj]
     if isinstance(obj, str):

@@ -102,13 +102,11 @@ class ParquetSource(TableSource):
         return pl.scan_parquet(files)
 
     def _scan_remote(self, files):
-        import pyarrow.dataset as pads
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
+        # polars scans fsspec file objects lazily (range reads, projection pushdown).
+        # (pl.scan_pyarrow_dataset is not used: it counts 0 rows after with_row_index.)
         fs, _ = url_filesystem(files[0], self.options.storage_options)
-        stripped = [url_filesystem(f, self.options.storage_options)[1] for f in files]
-        ds = pads.dataset(stripped, filesystem=PyFileSystem(FSSpecHandler(fs)), format="parquet")
-        return pl.scan_pyarrow_dataset(ds)
+        handles = [fs.open(url_filesystem(f, self.options.storage_options)[1], "rb") for f in files]
+        return pl.scan_parquet(handles)
 
 
 class CsvOptions(TableOptions):

@@ -669,6 +669,9 @@ def verify_output(o: WebDatasetWriterOptions, root: Path, manifest: dict[str, An
             samples, damage = scan_samples(f, str(p))
         if damage:
             problems.append(damage)
+        size = p.stat().st_size
+        if isinstance(s.get("bytes"), int) and size != s["bytes"]:
+            problems.append(f"{p}: {size} bytes, {INDEX} says {s['bytes']} (truncated or modified)")
         n = len(samples)
         total += n
         if n != s["samples"]:
