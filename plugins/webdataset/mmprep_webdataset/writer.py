@@ -412,6 +412,7 @@ class WebDatasetWriter(Writer):
             builder.close()
             af.__exit__(None, None, None)
             cur["bytes"] = builder.pos
+            cur["sha256"] = _sha256(root / cur["name"])  # verify detects any flipped byte
             cur["first_key"], cur["last_key"] = (keys[0], keys[-1]) if keys else (None, None)
             if o.list_keys:
                 cur["keys"] = list(keys)
@@ -616,6 +617,13 @@ def _check_alignment(url: str, shard_keys: list[str], row_keys: list[str]) -> No
         raise ValueError(f"{url}: row key {row_keys[len(shard_keys)]!r} is not in the shard")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     with AtomicFile(path) as f:
         f.write(data)
@@ -672,6 +680,8 @@ def verify_output(o: WebDatasetWriterOptions, root: Path, manifest: dict[str, An
         size = p.stat().st_size
         if isinstance(s.get("bytes"), int) and size != s["bytes"]:
             problems.append(f"{p}: {size} bytes, {INDEX} says {s['bytes']} (truncated or modified)")
+        elif s.get("sha256") and _sha256(p) != s["sha256"]:
+            problems.append(f"{p}: content differs from the sha256 in {INDEX} (modified after it was written)")
         n = len(samples)
         total += n
         if n != s["samples"]:
