@@ -142,6 +142,12 @@ def main() -> None:
     make_data(small, a.rows // 10)
     print(f"data ready in {time.perf_counter() - t:.1f}s")
     sample = min(a.sample, a.rows // 10)
+    # imports and plugin discovery happen before timing, as polars' and pandas' imports do
+    import pandas  # noqa: F401
+
+    from mmprep.registry import load
+
+    load()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         times = {}
