@@ -12,6 +12,7 @@ from PIL import Image
 from mmprep import Context
 from mmprep.media import MediaStage
 
+from ..conftest import moto_s3
 from .conftest import jpeg
 
 KEY_ID = "AKIAMMPREPTESTKEY01"
@@ -21,14 +22,11 @@ BUCKET = "media-bucket"
 
 @pytest.fixture(scope="module")
 def s3():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    with moto_s3(KEY_ID, SECRET) as (endpoint, client):
+        yield _fill(endpoint, client)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET, region_name="us-east-1")
+
+def _fill(endpoint, client):
     client.create_bucket(Bucket=BUCKET)
     images = {f"imgs/{i}.jpg": jpeg(200 + 40 * i, 160, seed=i) for i in range(4)}
     images["imgs/broken.jpg"] = images["imgs/0.jpg"][:300]
@@ -44,8 +42,7 @@ def s3():
     table.write_parquet(buf)
     client.put_object(Bucket=BUCKET, Key="table/part-0.parquet", Body=buf.getvalue())
     storage = {"key": KEY_ID, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    yield {"endpoint": endpoint, "storage_options": storage, "images": images, "table": table}
-    server.stop()
+    return {"endpoint": endpoint, "storage_options": storage, "images": images, "table": table}
 
 
 def test_process_reads_s3_urls(s3):

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import yaml
 
-from ..conftest import check_accounting
+from ..conftest import check_accounting, moto_s3
 from .lib import jpeg
 
 SAFE_MEMBER = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_.]+$")
@@ -119,19 +119,11 @@ URL_PW = "hunter2-url-password"
 
 @pytest.fixture(scope="module")
 def s3():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    c = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET, region_name="us-east-1")
-    c.create_bucket(Bucket="bkt")
-    for i in range(6):
-        c.put_object(Bucket="bkt", Key=f"img/{i}.jpg", Body=jpeg(20, 16, i))
-    yield endpoint
-    server.stop()
+    with moto_s3(KEY_ID, SECRET) as (endpoint, c):
+        c.create_bucket(Bucket="bkt")
+        for i in range(6):
+            c.put_object(Bucket="bkt", Key=f"img/{i}.jpg", Body=jpeg(20, 16, i))
+        yield endpoint
 
 
 def test_credentials_never_in_logs_manifests_or_errors(s3, tmp_path, mmprep_env):
