@@ -41,7 +41,7 @@ from . import __version__
 from .component import REJECT_MESSAGE, REJECT_REASON, Partition, Source, UnitInfo
 from .config import Pipeline, build_pipeline, config_hash
 from .errors import ConfigError, MmprepError, ResumeError, UnitError
-from .plan import analyse, build_units, filter_schema_errors, sanitize_key_expr, table_frame
+from .plan import analyse, build_units, expand_dup, filter_schema_errors, sanitize_key_expr, table_frame
 
 log = logging.getLogger("mmprep")
 
@@ -325,10 +325,7 @@ class UnitRunner:
             rejected["sampled_out"] = rejected.get("sampled_out", 0) + int((~keep).sum())
             df = df.filter(keep)
         if s.dup > 1 and df.height:
-            df = df.with_columns(pl.lit(list(range(s.dup)), dtype=pl.List(pl.UInt32)).alias("__dup")).explode("__dup")
-            df = df.with_columns(
-                pl.when(pl.col("__dup") == 0).then(pl.col("key")).otherwise(pl.format("{}_dup{}", pl.col("key"), pl.col("__dup"))).alias("key")
-            ).drop("__dup")
+            df = expand_dup(df, s.dup)
         return df, rejected, examples
 
     # stages -------------------------------------------------------------------------------

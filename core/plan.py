@@ -26,6 +26,19 @@ def sanitize_key_expr(col: pl.Expr) -> pl.Expr:
     return col.cast(pl.String).str.replace_all(r"[^A-Za-z0-9_-]", "_")
 
 
+def expand_dup(frame, n: int):
+    """``dup:n``: every row n times consecutively; copy j > 0 is keyed ``<key>_dup<j>``.
+    Works on a LazyFrame (plan) and a DataFrame (partitioned sources, in the unit)."""
+    return (
+        frame.with_columns(pl.lit(list(range(n)), dtype=pl.List(pl.UInt32)).alias("__dup"))
+        .explode("__dup")
+        .with_columns(
+            pl.when(pl.col("__dup") == 0).then(pl.col("key")).otherwise(pl.format("{}_dup{}", pl.col("key"), pl.col("__dup"))).alias("key")
+        )
+        .drop("__dup")
+    )
+
+
 class DatasetPlan:
     """The analysed plan of one dataset: counts and (for tables) the final lazy frame."""
 
@@ -164,17 +177,7 @@ def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int)
         kept = int(lf.select(pl.len()).collect().item())
     dp.sampled_out = rows - kept
     if s.dup > 1:
-        lf = (
-            lf.with_columns(pl.lit(list(range(s.dup)), dtype=pl.List(pl.UInt32)).alias("__dup"))
-            .explode("__dup")
-            .with_columns(
-                pl.when(pl.col("__dup") == 0)
-                .then(pl.col("key"))
-                .otherwise(pl.format("{}_dup{}", pl.col("key"), pl.col("__dup")))
-                .alias("key")
-            )
-            .drop("__dup")
-        )
+        lf = expand_dup(lf, s.dup)
         dp.dup_added = kept * (s.dup - 1)
     dp.planned = kept * s.dup
     lf = lf.with_columns(pl.lit(ds.name).alias("dataset"))

@@ -276,3 +276,58 @@ def test_recovery_deletes_only_listed_files(run_pipeline, table, tmp_path):
     recover(out)
     assert not (out / "pq" / "part-laion-00002.parquet").exists()
     assert len(list((out / "pq").glob("*.parquet"))) == 9
+
+
+def test_partitioned_source_filters_hash_and_dup_in_units(tmp_path):
+    """A partitioned source (one unit per partition): filters, hash: and dup: run in the unit."""
+    import pluggy
+
+    import mmprep
+    from mmprep import hookspecs
+    from mmprep.config import build_pipeline
+    from mmprep.registry import PluginInfo, Registry, load
+
+    class Parts(mmprep.Source):
+        """Three partitions of ten rows, for the test."""
+
+        name = "test-parts"
+
+        def partitions(self):
+            return [mmprep.Partition(id=f"p{i}", info={"i": i}, rows=10) for i in range(3)]
+
+        def read_partition(self, p):
+            i = p.info["i"]
+            df = pl.DataFrame({"key": [f"k{i}.{j}" for j in range(10)], "score": [float(j) for j in range(10)]})
+            return mmprep.PartitionData(df, rejected={"truncated_shard": 1} if i == 2 else {})
+
+    class Plug:
+        @mmprep.hookimpl
+        def register_sources(self, register):
+            register(Parts)
+
+    base = load()
+    pm = pluggy.PluginManager("mmprep")
+    pm.add_hookspecs(hookspecs)
+    reg = Registry(pm)
+    for name, plugin in base.pm.list_name_plugin():
+        pm.register(plugin, name=name)
+        reg.plugins[name] = base.plugins[name]
+    pm.register(Plug(), name="test")
+    reg.plugins["test"] = PluginInfo(name="test", distribution="tests")
+    reg._collect()
+    doc = {
+        "datasets": [{"name": "d", "source": "test-parts", "filters": [{"type": "range", "column": "score", "min": 2}], "sampling": "hash:0.5,dup:2"}],
+        "write": [{"type": "parquet"}],
+    }
+    p = build_pipeline(doc, base_dir=tmp_path, registry=reg)
+    res = p.run(out=str(tmp_path / "o"), quiet=True)
+    assert res.ok
+    check_accounting(res.manifest)
+    d = res.manifest["datasets"]["d"]
+    assert d["units"] == 3 and d["rejected"]["filter:range"] == 6 and d["rejected"]["truncated_shard"] == 1
+    got = pl.read_parquet(tmp_path / "o" / "*.parquet")
+    assert got.height == 2 * (24 - d["rejected"]["sampled_out"])
+    assert got["key"].n_unique() == got.height and got["key"].str.contains(r"^[A-Za-z0-9_-]+$").all()
+    assert got.filter(pl.col("key").str.ends_with("_dup1")).height == got.height // 2
+    base_keys = got.filter(~pl.col("key").str.contains("_dup"))["key"].to_list()
+    assert all(k.startswith("k") and "_" in k for k in base_keys)  # k0.5 -> k0_5 (sanitised)
