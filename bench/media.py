@@ -3,15 +3,17 @@
 Same set of generated photo-like JPEGs of mixed sizes (640×480 … 4000×3000), 512 px output
 (shorter side, never upscaled), JPEG q95, written as tar shards.
 
-  (a) mmprep: ``MediaStage.process`` on a frame of file paths + tar write of its output
-      (and, for reference, a whole ``mmprep run`` with the built-in parquet writer, 1 worker)
+  (a) mmprep: ``MediaStage.process`` on a frame of file paths + tar write of its output, with
+      the default backend (``resize_backend: auto`` = OpenCV INTER_AREA when cv2 imports) and
+      with ``resize_backend: pillow`` (and, for reference, a whole ``mmprep run`` with the
+      built-in parquet writer, 1 worker)
   (b) img2dataset (own venv, ``--venv``): file:// URLs, resize_mode keep_ratio,
       resize_only_if_bigger, webdataset output, 1 process
   (c) bare loop: Pillow open + draft + convert + BICUBIC resize + encode + tarfile write
 
 Run it pinned to one core for per-core numbers::
 
-    taskset -c 0 .venv/bin/python bench/media.py --count 500
+    taskset -c 1 .venv/bin/python bench/media.py --count 1000
 
 Images are generated once into bench/data/media/ (gitignored) and reused.
 """
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT / "data" / "media"))
     ap.add_argument("--out", default=str(ROOT / "out" / "media"))
     ap.add_argument("--venv", default=str(ROOT.parent / ".venv-img2dataset"), help="venv with img2dataset installed")
-    ap.add_argument("--skip", default="", help="comma list of runs to skip: bare,mmprep,mmprep-bilinear,run,img2dataset")
+    ap.add_argument("--skip", default="", help="comma list of runs to skip: bare,mmprep,mmprep-pillow,mmprep-draft,mmprep-bilinear,run,img2dataset")
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
     cores = len(os.sched_getaffinity(0))
@@ -190,12 +192,27 @@ def main(argv=None) -> int:
 
     if "bare" not in skip:
         timed("bare loop (Pillow draft+BICUBIC+encode+tar)", lambda: bare_loop(files, out / "bare", a.size))
+    from mmprep.media import MediaOptions
+    from mmprep.media.decode import backend
+
+    default = backend(MediaOptions())
+    if default == "opencv":
+        import cv2
+
+        default = f"OpenCV {cv2.__version__} INTER_AREA, simplejpeg scaled decode + encode"
+    else:
+        default = "Pillow BICUBIC, simplejpeg scaled decode (cv2 not installed)"
     if "mmprep" not in skip:
-        timed("mmprep media stage (default: simplejpeg scaled decode + BICUBIC) + tar", lambda: mmprep_stage(files, out / "mmprep", a.size, {}))
+        timed(f"mmprep media stage (default, resize_backend auto: {default}) + tar", lambda: mmprep_stage(files, out / "mmprep", a.size, {}))
     if "mmprep-pillow" not in skip:
-        timed("mmprep media stage, fast_jpeg: false (Pillow draft) + tar", lambda: mmprep_stage(files, out / "mmprep-pillow", a.size, {"fast_jpeg": False}))
+        timed("mmprep media stage, resize_backend: pillow (simplejpeg scaled decode + Pillow BICUBIC + Pillow encode) + tar",
+              lambda: mmprep_stage(files, out / "mmprep-pillow", a.size, {"resize_backend": "pillow"}))
+    if "mmprep-draft" not in skip:
+        timed("mmprep media stage, fast_jpeg: false (Pillow draft decode, default resize backend, Pillow encode) + tar",
+              lambda: mmprep_stage(files, out / "mmprep-draft", a.size, {"fast_jpeg": False}))
     if "mmprep-bilinear" not in skip:
-        timed("mmprep media stage, resample: bilinear + tar", lambda: mmprep_stage(files, out / "mmprep-bil", a.size, {"resample": "bilinear"}))
+        timed("mmprep media stage, resize_backend: pillow, resample: bilinear + tar",
+              lambda: mmprep_stage(files, out / "mmprep-bil", a.size, {"resize_backend": "pillow", "resample": "bilinear"}))
     if "run" not in skip:
         timed("mmprep run (engine, parquet writer, 1 worker)", lambda: mmprep_run(files, out, a.size))
     if "img2dataset" not in skip:

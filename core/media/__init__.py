@@ -15,7 +15,7 @@ Configured by the pipeline's ``media:`` section (:class:`MediaOptions`). The eng
 Fetches run in a bounded thread pool (``threads``; ``per_host`` per host) ahead of decoding,
 at most ``in_flight`` samples at a time, so a worker's memory is bounded by its in-flight
 samples plus the unit's output. Decoding runs in the worker's main thread: CPU parallelism
-comes from the engine's worker processes.
+comes from the engine's worker processes (OpenCV, when used, is set to one thread).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Any
 import polars as pl
 
 from ..component import REJECT_MESSAGE, REJECT_REASON, Context
+from ..errors import ConfigError
 from ..storage import redact
-from .decode import Reject, Result, process_image, raise_pillow_limit
+from .decode import Reject, Result, opencv_available, process_image, raise_pillow_limit
 from .fetch import RETRYABLE_REASONS, FetchError, Fetcher, FetchStats
 from .options import MediaOptions, drop_masked, secret_values
 
@@ -75,6 +76,8 @@ class MediaStage:
         self._storage = drop_masked(o.storage_options)
         self._secrets = sorted(set(secret_values(o.storage_options)), key=len, reverse=True)
         self._buckets = o.bucket_list() if o.resize == "bucket" else None
+        if o.resize_backend == "opencv" and not opencv_available():
+            raise ConfigError("resize_backend: opencv needs the opencv-python-headless package (pip install 'mmprep[fast]'); use auto or pillow")
         self._fetcher: Fetcher | None = None
         self._lock = threading.Lock()
         #: Fetch statistics of the last :meth:`process` call (attempts, retries, seconds waited).

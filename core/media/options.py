@@ -94,7 +94,11 @@ class MediaOptions(Options):
     exif_transpose: bool = Field(default=True, description="Apply the EXIF orientation (width/height are reported after it)")
     animated: Literal["first-frame", "reject"] = Field(default="first-frame", description="Animated images: keep the first frame (animated=true) or reject")
     background: tuple[int, int, int] = Field(default=(255, 255, 255), description="RGB colour transparent images are composited on and pad borders use")
-    fast_jpeg: bool = Field(default=True, description="Decode baseline RGB/grey JPEGs with simplejpeg (DCT-domain scaling) when installed; Pillow otherwise")
+    fast_jpeg: bool = Field(
+        default=True,
+        description="Decode RGB/grey JPEGs with simplejpeg (DCT-domain scaling, strict) when installed, and on the OpenCV "
+        "path also encode JPEG output with it (4:2:0, like Pillow); Pillow otherwise",
+    )
 
     # -- resize ------------------------------------------------------------------------
     resize: Literal["downscale-shorter", "center-crop", "keep-ratio-largest", "pad", "bucket", "none"] = Field(
@@ -105,7 +109,17 @@ class MediaOptions(Options):
     )
     size: int = Field(default=512, ge=1, description="Target size in pixels (see 'resize')")
     upscale: bool = Field(default=False, description="Allow upscaling for downscale-shorter/keep-ratio-largest (center-crop, pad and bucket always reach their size)")
-    resample: Literal["bicubic", "bilinear", "lanczos", "box", "hamming"] = Field(default="bicubic", description="Resampling filter (antialiased)")
+    resample: Literal["bicubic", "bilinear", "lanczos", "box", "hamming"] = Field(
+        default="bicubic",
+        description="Resampling filter of the Pillow backend (antialiased); the OpenCV backend downscales with "
+        "INTER_AREA (antialiased; INTER_LINEAR when the factor is at most 1.25) and upscales with the matching OpenCV filter",
+    )
+    resize_backend: Literal["auto", "opencv", "pillow"] = Field(
+        default="auto",
+        description="Pixel work after decoding: 'opencv' (cv2.resize, single-threaded; needs "
+        "opencv-python-headless, i.e. mmprep[fast]), 'pillow', or 'auto' (OpenCV when cv2 imports, else Pillow). "
+        "Header checks, decoding (simplejpeg/Pillow) and mode conversion are the same either way",
+    )
     buckets: str | list[tuple[int, int]] = Field(default="sdxl", description="Bucket sizes [[width, height], ...] or a preset name ('sdxl') for resize: bucket")
 
     # -- encode ------------------------------------------------------------------------

@@ -6,9 +6,16 @@ import io
 import struct
 import zlib
 
+import importlib.util
+
 import numpy as np
 import pytest
 from PIL import Image
+
+#: whether the OpenCV backend can run here; tests of it are skipped (visibly) without cv2
+HAS_CV2 = importlib.util.find_spec("cv2") is not None
+#: pixel backends every backend-sensitive test runs with
+BACKENDS = ["pillow", pytest.param("opencv", marks=pytest.mark.skipif(not HAS_CV2, reason="opencv-python-headless not installed"))]
 
 
 def photo(w: int, h: int, seed: int = 0) -> np.ndarray:

@@ -12,10 +12,12 @@ from PIL import Image
 from pydantic import ValidationError
 
 from mmprep import Context
+from mmprep.errors import ConfigError
 from mmprep.media import REASONS, RETRYABLE_REASONS, MediaOptions, MediaStage
+from mmprep.media import decode as dec
 from mmprep.media import resize as rz
 
-from .conftest import jpeg, photo, psnr
+from .conftest import BACKENDS, HAS_CV2, jpeg, photo, psnr
 
 
 def run_one(data: bytes, **opts) -> dict:
@@ -33,13 +35,14 @@ def image(row: dict) -> Image.Image:
 
 
 # -- one fixture per bad input ------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fast", [True, False])
-def test_truncated_jpeg_is_rejected_not_grey_filled(bad_inputs, fast):
-    row = run_one(bad_inputs["truncated_jpeg"], fast_jpeg=fast, size=128)
+def test_truncated_jpeg_is_rejected_not_grey_filled(bad_inputs, fast, backend):
+    row = run_one(bad_inputs["truncated_jpeg"], fast_jpeg=fast, size=128, resize_backend=backend)
     assert row["_reject_reason"] == "decode_error"
     assert row["image_bytes"] is None
     # also when nothing would be resized (the passthrough path still decodes fully)
-    row = run_one(bad_inputs["truncated_jpeg"], fast_jpeg=fast, resize="none")
+    row = run_one(bad_inputs["truncated_jpeg"], fast_jpeg=fast, resize="none", resize_backend=backend)
     assert row["_reject_reason"] == "decode_error"
     from PIL import ImageFile
 
@@ -61,48 +64,57 @@ def test_zero_bytes(bad_inputs):
     assert "0 bytes" in row["_reject_message"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fast", [True, False])
-def test_cmyk_jpeg_becomes_rgb(bad_inputs, fast):
-    row = run_one(bad_inputs["cmyk_jpeg"], fast_jpeg=fast)
+def test_cmyk_jpeg_becomes_rgb(bad_inputs, fast, backend):
+    row = run_one(bad_inputs["cmyk_jpeg"], fast_jpeg=fast, resize_backend=backend, size=32)
     im = image(row)
     assert im.mode == "RGB" and row["image_format"] == "jpeg"
     r, g, b = np.asarray(im).reshape(-1, 3).mean(0)
     assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
 
 
-def test_palette_png_with_transparency_on_background(bad_inputs):
-    im = image(run_one(bad_inputs["palette_png_transparent"], format="png"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_palette_png_with_transparency_on_background(bad_inputs, backend):
+    im = image(run_one(bad_inputs["palette_png_transparent"], format="png", resize_backend=backend))
     a = np.asarray(im)
     assert im.mode == "RGB"
     assert (a[:, :32] == 255).all()  # transparent index -> white background
     assert (a[:, 32:] == (255, 0, 0)).all()
 
 
-def test_rgba_png_composited(bad_inputs):
-    a = np.asarray(image(run_one(bad_inputs["rgba_png"], format="png")))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rgba_png_composited(bad_inputs, backend):
+    a = np.asarray(image(run_one(bad_inputs["rgba_png"], format="png", resize_backend=backend)))
     assert (a[:, :32] == 255).all()
     assert (a[:, 32:] == (0, 200, 0)).all()
-    a = np.asarray(image(run_one(bad_inputs["rgba_png"], format="png", background=[0, 0, 0])))
+    a = np.asarray(image(run_one(bad_inputs["rgba_png"], format="png", background=[0, 0, 0], resize_backend=backend)))
     assert (a[:, :32] == 0).all()
 
 
-def test_16bit_png_scaled_not_clipped(bad_inputs):
-    row = run_one(bad_inputs["png16"], format="png")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_16bit_png_scaled_not_clipped(bad_inputs, backend):
+    row = run_one(bad_inputs["png16"], format="png", resize_backend=backend)
     a = np.asarray(image(row)).astype(int)
     assert abs(a[:, :32].mean() - 128) <= 1  # 32768/257, not 255
     assert a[:, 32:].min() == 255
     assert (row["width"], row["height"]) == (64, 48)
+    # resized: the 8-bit values survive the resize (left 128, right 255)
+    a = np.asarray(image(run_one(bad_inputs["png16"], format="png", resize_backend=backend, size=24))).astype(int)
+    assert a.shape == (24, 32, 3) and abs(a[:, :12].mean() - 128) <= 1 and a[:, 20:].min() >= 254
 
 
-def test_float_tiff_scaled(bad_inputs):
-    a = np.asarray(image(run_one(bad_inputs["float_tiff"], format="png"))).astype(int)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_tiff_scaled(bad_inputs, backend):
+    a = np.asarray(image(run_one(bad_inputs["float_tiff"], format="png", resize_backend=backend))).astype(int)
     assert abs(a[:, :32].mean() - 128) <= 1  # 0.5 -> 128
     assert a[:, 32:].min() == 255
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fast", [True, False])
-def test_exif_orientation_6(bad_inputs, fast):
-    row = run_one(bad_inputs["exif6_jpeg"], fast_jpeg=fast, format="png")
+def test_exif_orientation_6(bad_inputs, fast, backend):
+    row = run_one(bad_inputs["exif6_jpeg"], fast_jpeg=fast, format="png", resize_backend=backend)
     assert (row["width"], row["height"]) == (100, 200)  # reported after the transpose
     a = np.asarray(image(row)).astype(int)
     assert a.shape == (200, 100, 3)
@@ -110,7 +122,7 @@ def test_exif_orientation_6(bad_inputs, fast):
     assert a[3:15, -15:-3, 0].mean() > 200 and a[3:15, -15:-3, 1].mean() < 80
     assert a[3:15, 3:15].mean() > 240
     # switched off: stored orientation, reported as stored
-    row = run_one(bad_inputs["exif6_jpeg"], fast_jpeg=fast, exif_transpose=False, format="png")
+    row = run_one(bad_inputs["exif6_jpeg"], fast_jpeg=fast, exif_transpose=False, format="png", resize_backend=backend)
     assert (row["width"], row["height"]) == (200, 100)
 
 
@@ -137,26 +149,29 @@ def test_pillow_bomb_warning_becomes_rejection(monkeypatch):
     assert "decompression bomb" in row["_reject_message"]  # Pillow's warning, raised at open
 
 
-def test_animated_gif_policy(bad_inputs):
-    row = run_one(bad_inputs["animated_gif"], format="png")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_animated_gif_policy(bad_inputs, backend):
+    row = run_one(bad_inputs["animated_gif"], format="png", resize_backend=backend, size=20)
     assert row["animated"] is True
     assert (np.asarray(image(row)) == (255, 0, 0)).all()  # first frame
     row = run_one(bad_inputs["animated_gif"], animated="reject")
     assert row["_reject_reason"] == "animated"
 
 
-def test_one_pixel(bad_inputs):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_pixel(bad_inputs, backend):
     assert run_one(bad_inputs["one_pixel"], min_size=16)["_reject_reason"] == "too_small"
-    row = run_one(bad_inputs["one_pixel"], format="png")
+    row = run_one(bad_inputs["one_pixel"], format="png", resize_backend=backend, resize="center-crop", size=1, passthrough=False)
     assert np.asarray(image(row))[0, 0].tolist() == [10, 20, 30]
     assert (row["stored_width"], row["stored_height"]) == (1, 1)
 
 
-def test_10000x10_strip(bad_inputs):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_10000x10_strip(bad_inputs, backend):
     assert run_one(bad_inputs["strip"], max_aspect_ratio=20)["_reject_reason"] == "bad_aspect_ratio"
     assert run_one(bad_inputs["strip"], min_size=64)["_reject_reason"] == "too_small"
     assert run_one(bad_inputs["strip"], max_side=4096)["_reject_reason"] == "too_large"
-    row = run_one(bad_inputs["strip"], resize="keep-ratio-largest", size=1000)
+    row = run_one(bad_inputs["strip"], resize="keep-ratio-largest", size=1000, resize_backend=backend)
     assert (row["width"], row["height"]) == (10000, 10)
     assert (row["stored_width"], row["stored_height"]) == (1000, 1)
 
@@ -168,9 +183,10 @@ def test_webp_decoded_and_passed_through(bad_inputs):
     assert row["image_bytes"] == bad_inputs["webp"]  # already WebP, nothing changed
 
 
-def test_none_of_the_bad_inputs_crash_one_frame(bad_inputs):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_none_of_the_bad_inputs_crash_one_frame(bad_inputs, backend):
     names = sorted(bad_inputs)
-    stage = MediaStage.from_config({"min_size": 8, "max_aspect_ratio": 50, "size": 64}, Context())
+    stage = MediaStage.from_config({"min_size": 8, "max_aspect_ratio": 50, "size": 64, "resize_backend": backend}, Context())
     df = pl.DataFrame({"key": names, "image_bytes": [bad_inputs[n] for n in names]}, schema={"key": pl.String, "image_bytes": pl.Binary})
     out = stage.process(df)
     got = dict(zip(out["key"], out["_reject_reason"]))
@@ -213,8 +229,9 @@ def test_none_of_the_bad_inputs_crash_one_frame(bad_inputs):
         ("none", (800, 600), 256, (800, 600)),
     ],
 )
-def test_resize_policies(policy, src, size, expect):
-    row = run_one(jpeg(*src), resize=policy, size=size)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resize_policies(policy, src, size, expect, backend):
+    row = run_one(jpeg(*src), resize=policy, size=size, resize_backend=backend)
     assert (row["width"], row["height"]) == src
     assert image(row).size == expect
 
@@ -226,16 +243,18 @@ def test_downscale_shorter_micro_diffusion_rule():
     assert image(run_one(jpeg(1200, 700), min_size=256, size=512)).size == (878, 512)
 
 
-def test_center_crop_content_is_centred():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_center_crop_content_is_centred(backend):
     a = np.zeros((100, 300, 3), np.uint8)
     a[:, 100:200] = 255  # white centre square
-    row = run_one(Image_bytes(a, "PNG"), resize="center-crop", size=50, format="png")
+    row = run_one(Image_bytes(a, "PNG"), resize="center-crop", size=50, format="png", resize_backend=backend)
     assert np.asarray(image(row)).mean() > 250
 
 
-def test_pad_uses_background():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pad_uses_background(backend):
     a = np.zeros((100, 200, 3), np.uint8)
-    row = run_one(Image_bytes(a, "PNG"), resize="pad", size=100, format="png", background=[0, 0, 255])
+    row = run_one(Image_bytes(a, "PNG"), resize="pad", size=100, format="png", background=[0, 0, 255], resize_backend=backend)
     out = np.asarray(image(row))
     assert out.shape == (100, 100, 3)
     assert (out[0, 50] == (0, 0, 255)).all() and (out[50, 50] == 0).all()
@@ -247,9 +266,10 @@ def Image_bytes(a: np.ndarray, fmt: str) -> bytes:
     return b.getvalue()
 
 
-def test_buckets_nearest_aspect_and_columns():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_buckets_nearest_aspect_and_columns(backend):
     buckets = [[512, 512], [768, 512], [512, 768]]
-    stage = MediaStage.from_config({"resize": "bucket", "buckets": buckets, "format": "png"}, Context())
+    stage = MediaStage.from_config({"resize": "bucket", "buckets": buckets, "format": "png", "resize_backend": backend}, Context())
     data = [jpeg(900, 600), jpeg(400, 640), jpeg(300, 290)]
     out = stage.process(pl.DataFrame({"key": ["a", "b", "c"], "image_bytes": data}))
     assert out["bucket_id"].to_list() == [1, 2, 0]
@@ -276,11 +296,12 @@ def test_passthrough_only_when_nothing_changes():
     assert run_one(src, size=512, format="png")["image_format"] == "png"
 
 
-@pytest.mark.parametrize("src", [(1024, 768), (2048, 1536), (800, 600), (1000, 3000)])
+@pytest.mark.parametrize("src", [(1024, 768), (2048, 1536), (800, 600), (1000, 3000), (4000, 3000)])
 @pytest.mark.parametrize("fast", [True, False])
-def test_quality_equivalent_to_pillow_bicubic(src, fast):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quality_equivalent_to_pillow_bicubic(src, fast, backend):
     data = jpeg(*src, seed=5, quality=92)
-    row = run_one(data, size=512, fast_jpeg=fast, format="png")
+    row = run_one(data, size=512, fast_jpeg=fast, format="png", resize_backend=backend)
     ref = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = ref.size
     s = 512 / min(w, h)
@@ -349,3 +370,98 @@ def test_photo_fixture_compresses_like_a_photo():
     data = jpeg(640, 480)
     assert 20_000 < len(data) < 400_000
     assert photo(8, 8).shape == (8, 8, 3)
+
+
+# -- the OpenCV backend ----------------------------------------------------------------------
+needs_cv2 = pytest.mark.skipif(not HAS_CV2, reason="opencv-python-headless not installed")
+
+
+@needs_cv2
+def test_auto_picks_opencv_single_threaded():
+    import cv2
+
+    assert dec.backend(MediaOptions()) == "opencv"
+    assert dec.backend(MediaOptions(resize_backend="pillow")) == "pillow"
+    run_one(jpeg(640, 480), size=100)
+    assert cv2.getNumThreads() == 1  # worker processes are the parallelism
+
+
+@needs_cv2
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fast", [True, False])
+def test_every_exif_orientation_matches_pillow(orientation, fast):
+    stored = photo(120, 80, seed=orientation)
+    stored[:10, :20] = (255, 0, 0)  # asymmetric marker
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    b = io.BytesIO()
+    Image.fromarray(stored).save(b, "JPEG", quality=95, exif=ex.tobytes())
+    data = b.getvalue()
+    rows = {be: run_one(data, resize="none", format="png", fast_jpeg=fast, resize_backend=be) for be in ("pillow", "opencv")}
+    a, c = (np.asarray(image(rows[be])) for be in ("pillow", "opencv"))
+    assert np.array_equal(a, c)  # same decoded pixels, same transpose
+    expect = (80, 120) if orientation >= 5 else (120, 80)
+    assert (rows["opencv"]["width"], rows["opencv"]["height"]) == expect == a.shape[1::-1]
+    # and with a resize on top: still the same picture
+    rows = {be: run_one(data, size=40, format="png", fast_jpeg=fast, resize_backend=be) for be in ("pillow", "opencv")}
+    assert psnr(image(rows["pillow"]), image(rows["opencv"])) >= 30
+
+
+@needs_cv2
+def test_opencv_colour_order_is_rgb():
+    a = np.zeros((400, 600, 3), np.uint8)
+    a[:, :200] = (250, 10, 10)
+    a[:, 200:400] = (10, 250, 10)
+    a[:, 400:] = (10, 10, 250)
+    for fmt in ("PNG", "JPEG"):
+        kw = {"quality": 98} if fmt == "JPEG" else {}
+        b = io.BytesIO()
+        Image.fromarray(a).save(b, fmt, **kw)
+        for out_fmt in ("jpeg", "png", "webp"):
+            im = image(run_one(b.getvalue(), size=100, format=out_fmt, resize_backend="opencv"))
+            got = np.asarray(im).astype(int)
+            assert im.size == (150, 100)
+            for x, rgb in ((25, (250, 10, 10)), (75, (10, 250, 10)), (125, (10, 10, 250))):
+                assert np.abs(got[50, x] - rgb).max() <= 12, (fmt, out_fmt, x, got[50, x])
+
+
+@needs_cv2
+def test_opencv_grey_jpeg_becomes_rgb():
+    g = photo(300, 200, seed=3)[..., 0]
+    b = io.BytesIO()
+    Image.fromarray(g).save(b, "JPEG", quality=95)
+    im = image(run_one(b.getvalue(), size=100, resize_backend="opencv"))
+    ref = Image.open(io.BytesIO(b.getvalue())).convert("RGB").resize(im.size, Image.Resampling.BICUBIC)
+    assert im.mode == "RGB" and im.size == (150, 100)
+    assert psnr(im, ref) >= 35
+
+
+@needs_cv2
+def test_opencv_jpeg_output_like_pillow():
+    from PIL import JpegImagePlugin
+
+    data = jpeg(1024, 768, seed=4)
+    rows = {be: run_one(data, size=512, resize_backend=be) for be in ("pillow", "opencv")}
+    im = Image.open(io.BytesIO(rows["opencv"]["image_bytes"]))
+    assert im.format == "JPEG" and JpegImagePlugin.get_sampling(im) == 2  # 4:2:0 like Pillow's default
+    assert 0.8 < len(rows["opencv"]["image_bytes"]) / len(rows["pillow"]["image_bytes"]) < 1.25
+    assert psnr(image(rows["opencv"]), image(rows["pillow"])) >= 35
+
+
+@needs_cv2
+def test_opencv_upscale_and_crop_sizes():
+    row = run_one(jpeg(300, 200), size=400, upscale=True, resize_backend="opencv")
+    assert image(row).size == (600, 400)
+    row = run_one(jpeg(301, 199), resize="center-crop", size=64, resize_backend="opencv")
+    assert image(row).size == (64, 64)
+
+
+def test_without_opencv(monkeypatch):
+    monkeypatch.setattr(dec, "_cv2_mod", False)  # as if cv2 were not installed
+    assert dec.backend(MediaOptions()) == "pillow"
+    row = run_one(jpeg(800, 600), size=256)
+    assert image(row).size == (341, 256)
+    with pytest.raises(ConfigError, match="opencv-python-headless"):
+        MediaStage.from_config({"resize_backend": "opencv"}, Context())
+    with pytest.raises(RuntimeError, match="opencv-python-headless"):
+        dec.backend(MediaOptions(resize_backend="opencv"))
