@@ -7,10 +7,7 @@ set -euo pipefail
 OUT=${1:?usage: run.sh OUT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${MMPREP_PYTHON:-python}
-tiny_models() {  # build tiny random models once (no downloads); real ones come from the env vars
-  if [ ! -d "$OUT/models/vae" ]; then "$PY" -m mmprep_encoders.tiny "$OUT/models" >/dev/null; fi
-  echo "encoders use tiny random models under $OUT/models (set the model env vars for real ones)"
-}
+source "$HERE/../lib.sh"  # tiny_models, run_encode_yaml
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export MMPREP_EXAMPLE_DATA="$OUT/data"
