@@ -228,13 +228,13 @@ class View:
         self.notes: list[str] = []
 
     def count(self) -> int:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement count()")
 
     def stats(self, numeric: list[str], cap: int) -> pl.DataFrame:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement stats()")
 
     def samples(self, n: int, seed: int) -> list[Sample]:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement samples()")
 
     @staticmethod
     def pick(total: int, n: int, seed: int) -> list[int]:

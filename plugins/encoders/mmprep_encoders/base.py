@@ -188,15 +188,15 @@ class TorchEncoder(Encoder):
     # ---- hooks for subclasses ----
     def load(self, device: str) -> None:  # pragma: no cover - abstract
         """Load ``self.model`` (and tokenizer...) on ``device``."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement load()")
 
     def prepare(self, rows: pl.DataFrame) -> dict[str, Any]:
         """CPU work for one batch (decode, tokenise); returns tensors (pinned on CUDA)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement prepare()")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Device work: returns {output column: tensor [B, ...] or list of [n_i, ...] tensors}."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement forward()")
 
     def reject_rows(self, df: pl.DataFrame) -> tuple[list[str | None], list[str | None]]:
         """Rows refused before encoding: (reason or None per row, message per row). Default: none."""

@@ -74,7 +74,7 @@ class TextEncoder(TorchEncoder):
         raise KeyError(f"{self.options.model}: cannot tell the hidden size from config.json")
 
     def sample_shape(self) -> list[int | None]:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement sample_shape()")
 
     def output_columns(self) -> dict[str, dict[str, Any]]:
         return {n: {"dtype": self.options.storage_dtype, "shape": self.sample_shape()} for n in self.column_names()}
@@ -183,7 +183,7 @@ class TextEncoder(TorchEncoder):
         return out
 
     def run_model(self, ids, mask):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement run_model()")
 
 
 class ClipTextOptions(TextOptions):
