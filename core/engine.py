@@ -633,18 +633,36 @@ def run(
     if not failed and finalize_when_done and all((units_dir / f"{u['id']}.json").exists() for u in units):
         # in array mode several shares may finish at once: one takes the lock and finalizes
         lock = out / META / "finalize.lock"
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        if not _take_lock(lock):
             if not quiet:
                 print(f"mmprep: another process is finalizing {out} (or crashed doing so: mmprep finalize {out})", file=sys.stderr)
         else:
-            os.close(fd)
             try:
                 manifest = finalize(out, pipeline=pipeline)
             finally:
                 lock.unlink(missing_ok=True)
     return RunResult(out, manifest, len(units), len(todo) - len(failed), skipped, failed)
+
+
+def _take_lock(lock: Path) -> bool:
+    """Create ``lock`` exclusively (content: host and pid). A lock left by a dead process of
+    this host (a finalizer killed mid-way) is stale and taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()
+            except (OSError, ValueError):
+                return False  # being written right now, or unreadable: someone holds it
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)
+                continue
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{socket.gethostname()} {os.getpid()}")
+        return True
+    return False
 
 
 def needs_processes(pipeline: Pipeline) -> bool:

@@ -331,3 +331,19 @@ def test_partitioned_source_filters_hash_and_dup_in_units(tmp_path):
     assert got.filter(pl.col("key").str.ends_with("_dup1")).height == got.height // 2
     base_keys = got.filter(~pl.col("key").str.contains("_dup"))["key"].to_list()
     assert all(k.startswith("k") and "_" in k for k in base_keys)  # k0.5 -> k0_5 (sanitised)
+
+
+def test_stale_finalize_lock_of_a_dead_process_is_taken_over(run_pipeline, table, tmp_path):
+    """A finalizer killed mid-way leaves its lock; the next run must still finalize."""
+    import socket
+
+    _, path = table
+    out = tmp_path / "o"
+    run_pipeline(base_doc(path), out=out)
+    (out / "_mmprep" / "manifest.json").unlink()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / "_mmprep" / "finalize.lock").write_text(f"{socket.gethostname()} {dead.pid}")
+    res = run_pipeline(base_doc(path), out=out)
+    assert res.manifest is not None and (out / "_mmprep" / "manifest.json").exists()
+    assert not (out / "_mmprep" / "finalize.lock").exists()
