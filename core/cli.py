@@ -43,6 +43,7 @@ def _cfg_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="redo units with retryable rejections (timeouts, 5xx...)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value, e.g. run.seed=3")
+    p.add_argument("--work-dir", help="for an object-store --out (s3://...): the local work directory (run.work_dir)")
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -65,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     from .config import load_pipeline
     from .engine import parse_shard, run
 
-    pipeline = load_pipeline(args.pipeline, overrides=_parse_sets(args.set) or None)
+    sets = list(args.set) + ([f"run.work_dir={json.dumps(args.work_dir)}"] if args.work_dir else [])
+    pipeline = load_pipeline(args.pipeline, overrides=_parse_sets(sets) or None)
     for w in pipeline.warnings:
         print(f"mmprep: warning: {w}", file=sys.stderr)
     shard = parse_shard(args.shard) if args.shard else None
@@ -92,11 +94,11 @@ def _run(args: argparse.Namespace) -> int:
             t = res.manifest["totals"]
             print(
                 f"mmprep: done: {t['written']} written, {t['rejected']} rejected of {t['planned']} planned "
-                f"({t['source_rows']} source rows, {t['filtered']} filtered out, {t['sampled_out']} not sampled) -> {res.out}",
+                f"({t['source_rows']} source rows, {t['filtered']} filtered out, {t['sampled_out']} not sampled) -> {res.remote or res.out}",
                 file=sys.stderr,
             )
         else:
-            print(f"mmprep: this share is done ({res.units_done} units); the last share to finish finalizes (or: mmprep finalize {res.out})", file=sys.stderr)
+            print(f"mmprep: this share is done ({res.units_done} units); the last share to finish finalizes (or: mmprep finalize {res.remote or res.out})", file=sys.stderr)
     if getattr(args, "report", False) and res.manifest is not None:
         from .report import build_report
 
@@ -156,22 +158,41 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _cfg_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="output directory of a run")
+    p.add_argument("out", help="output directory of a run, or its object-store URL (credentials from the environment)")
+
+
+def _cfg_finalize(p: argparse.ArgumentParser) -> None:
+    _cfg_out(p)
+    p.add_argument("--work-dir", help="for an object-store output: the local work directory (default: as mmprep run)")
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from .engine import finalize
+    from .storage import is_local
 
-    m = finalize(args.out)
+    if is_local(args.out):
+        from .engine import finalize
+
+        m = finalize(args.out)
+    else:
+        from .remote import finalize_url
+
+        m = finalize_url(args.out, args.work_dir)
     t = m["totals"]
     print(f"mmprep: finalized {args.out}: {t['written']} written, {t['rejected']} rejected of {t['planned']} planned", file=sys.stderr)
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .engine import verify
+    from .storage import is_local
 
-    problems = verify(args.out)
+    if is_local(args.out):
+        from .engine import verify
+
+        problems = verify(args.out)
+    else:
+        from .remote import verify_url
+
+        problems = verify_url(args.out)
     for p in problems:
         print(p)
     if problems:
@@ -187,7 +208,7 @@ def _builtin_commands(cli: CommandRegistry) -> None:
     cli.add("plugins", "list loaded plugins as JSON", lambda p: None, _plugins)
     cli.add("components", "list components with their options", _cfg_components, _components)
     cli.add("schema", "JSON Schema of the pipeline file (all installed plugins)", _cfg_schema, _schema)
-    cli.add("finalize", "finalize a run whose units are all complete (array mode)", _cfg_out, _finalize)
+    cli.add("finalize", "finalize a run whose units are all complete (array mode)", _cfg_finalize, _finalize)
     cli.add("verify", "check an output directory against its manifest", _cfg_out, _verify)
     cli.add("preview", "write an HTML report (samples, histograms, rejections, timings) of an output or any dataset",
             lambda p: __import__("mmprep.report", fromlist=["x"]).configure_preview(p),

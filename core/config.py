@@ -53,7 +53,15 @@ class DatasetSpec(Options):
 
 class RunOptions(Options):
     out: str | None = None
-    """Output directory (`--out` overrides)."""
+    """Output directory (`--out` overrides): a local path, or an object-store URL (`s3://bucket/prefix`,
+    any fsspec URL) mirrored from a local work directory (see `work_dir`)."""
+    work_dir: str | None = None
+    """For an object-store `out`: the local directory where units are committed and finalize runs before
+    upload (default ~/.cache/mmprep/work/<hash of the URL>, or $MMPREP_WORK_DIR/<hash>). It needs room for the
+    whole output until finalize."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """fsspec options of an object-store `out` (endpoint_url, key, secret, ...); credentials are masked in
+    everything stored."""
     workers: int = Field(default=1, ge=1)
     """Worker processes of the local executor."""
     samples_per_unit: int = Field(default=10_000, ge=1)
@@ -64,6 +72,9 @@ class RunOptions(Options):
     """Executor: `local` (process pool; array mode with --shard) or `ray` (pip install mmprep[ray])."""
     ray_address: str | None = None
     """Ray cluster address for executor `ray` (default: an existing cluster from RAY_ADDRESS, else a local one)."""
+    ray_encoder_actors: int | None = Field(default=None, ge=1)
+    """Executor `ray`: actors that hold the encoder models (one GPU each); default one per GPU of the cluster,
+    none without GPUs (encoders then run in the unit actors unless this asks for CPU encoder actors)."""
     overwrite: bool = False
     """Replace an existing output of a different pipeline."""
     device: str = "auto"
@@ -88,7 +99,7 @@ class PipelineDoc(Options):
 
 
 #: Run options that do not change the output: excluded from the config hash.
-RUNTIME_ONLY = ("out", "workers", "executor", "ray_address", "overwrite", "device", "processes")
+RUNTIME_ONLY = ("out", "work_dir", "storage_options", "workers", "executor", "ray_address", "ray_encoder_actors", "overwrite", "device", "processes")
 
 
 @dataclass

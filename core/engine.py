@@ -42,6 +42,7 @@ from .component import REJECT_MESSAGE, REJECT_REASON, Partition, Source, UnitInf
 from .config import Pipeline, build_pipeline, config_hash
 from .errors import ConfigError, MmprepError, ResumeError, UnitError
 from .plan import analyse, build_units, expand_dup, filter_schema_errors, sanitize_key_expr, table_frame
+from .storage import is_local
 
 log = logging.getLogger("mmprep")
 
@@ -82,6 +83,7 @@ class RunResult:
     units_skipped: int
     failed: dict[str, str] = field(default_factory=dict)
     dry_run: dict | None = None
+    remote: str | None = None  # the object-store URL mirrored from ``out`` (a work dir)
 
     @property
     def ok(self) -> bool:
@@ -269,10 +271,11 @@ def bind_out(pipeline: Pipeline, out: Path) -> None:
 class UnitRunner:
     """Runs units in one process; components (and encoder models) are set up once."""
 
-    def __init__(self, pipeline: Pipeline, out: Path, device: str | None = None):
+    def __init__(self, pipeline: Pipeline, out: Path, device: str | None = None, remote: Any = None):
         bind_out(pipeline, out)
         self.p = pipeline
         self.out = out
+        self.remote = remote  # RemoteOut: each committed unit is uploaded (mmprep.remote)
         self.meta = out / META
         self.device = device or pipeline.run_options.device
         self._encoders_ready = False
@@ -285,6 +288,19 @@ class UnitRunner:
         for enc in self.p.encoders:
             enc.setup(self.device)
         self._encoders_ready = True
+
+    #: ``(i, frame) -> (frame, stats delta)`` running encoder i elsewhere (the Ray executor's
+    #: encoder actors, which keep the models loaded on their GPUs); None: in this process.
+    encode_remote: Any = None
+
+    def encode_local(self, i: int, df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+        """Encoder i on ``df`` in this process; returns the frame and the encoder's stats delta."""
+        self._setup_encoders()
+        e = self.p.encoders[i]
+        before = dict(e.stats()) if hasattr(e, "stats") else {}
+        df = e.encode(df)
+        after = e.stats() if hasattr(e, "stats") else {}
+        return df, {k: v - before.get(k, 0) for k, v in after.items()}
 
     # reading ------------------------------------------------------------------------------
     def read(self, unit: dict) -> tuple[pl.DataFrame, dict[str, int], dict[str, list]]:
@@ -359,11 +375,18 @@ class UnitRunner:
         if self.p.media is not None:
             stages.append(("media", self.p.media.process))
         stages += [(f"format:{f.name}", f.format) for f in self.p.formatters]
-        enc_before = []
-        if self.p.encoders:
-            self._setup_encoders()
-            stages += [(f"encode:{e.name}", e.encode) for e in self.p.encoders]
-            enc_before = [dict(e.stats()) if hasattr(e, "stats") else {} for e in self.p.encoders]
+        enc_stats: list[dict[str, int]] = [{} for _ in self.p.encoders]
+
+        def encode_stage(i: int):
+            def fn(frame: pl.DataFrame) -> pl.DataFrame:
+                frame, delta = (self.encode_remote or self.encode_local)(i, frame)
+                for k, v in delta.items():
+                    enc_stats[i][k] = enc_stats[i].get(k, 0) + v
+                return frame
+
+            return fn
+
+        stages += [(f"encode:{e.name}", encode_stage(i)) for i, e in enumerate(self.p.encoders)]
         for name, fn in stages:
             if not df.height:
                 break
@@ -397,10 +420,7 @@ class UnitRunner:
                 "rejected": dict(sorted(rejected.items())),
                 "examples": examples,
                 "writers": writer_stats,
-                "encoder_stats": [
-                    {k: v - before.get(k, 0) for k, v in (e.stats() if hasattr(e, "stats") else {}).items()}
-                    for e, before in zip(self.p.encoders, enc_before)
-                ],
+                "encoder_stats": enc_stats,
                 "timings": {k: round(v, 4) for k, v in timings.items()},
                 "seconds": round(time.perf_counter() - t0, 4),
                 "started_at": started,
@@ -425,9 +445,13 @@ class UnitRunner:
         write_json_atomic(units / f"{unit_id}.intent.json", {"entries": entries})
         for s, d in pairs:
             _merge_move(s, d)
+        if self.remote is not None:
+            record["files"] = entries  # what the remote mirror uploads (and other machines pull)
         write_json_atomic(units / f"{unit_id}.json", record)
         (units / f"{unit_id}.intent.json").unlink(missing_ok=True)
         (units / f"{unit_id}.failed.json").unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.push_unit(self.out, unit_id, entries)
 
 
 def _merge_move(src: Path, dst: Path) -> None:
@@ -453,7 +477,7 @@ def _merge_move(src: Path, dst: Path) -> None:
 _RUNNER: UnitRunner | None = None
 
 
-def _worker_init(doc: dict, base_dir: str, source: str | None, out: str, device: str, counter) -> None:
+def _worker_init(doc: dict, base_dir: str, source: str | None, out: str, device: str, counter, remote=None) -> None:
     global _RUNNER
     idx = 0
     if counter is not None:
@@ -464,7 +488,7 @@ def _worker_init(doc: dict, base_dir: str, source: str | None, out: str, device:
     pipeline = build_pipeline(doc, base_dir=Path(base_dir), source=source, interpolate_env=False)
     if pipeline.encoders:
         device = _device_for_worker(device, idx)
-    _RUNNER = UnitRunner(pipeline, Path(out), device=device)
+    _RUNNER = UnitRunner(pipeline, Path(out), device=device, remote=remote)
 
 
 def _device_for_worker(device: str, idx: int) -> str:
@@ -567,7 +591,13 @@ def run(
     out_s = out or ro.out
     if not out_s:
         raise ConfigError("run.out: no output directory (set run.out or pass --out)", pipeline.source_path)
-    out = Path(out_s).expanduser()
+    remote = None
+    if not is_local(str(out_s)):  # an object store: run in a local work dir, mirror to it
+        from .remote import RemoteOut, default_work_dir
+
+        remote = RemoteOut(str(out_s), ro.storage_options)
+        out_s = ro.work_dir or default_work_dir(remote.url)
+    out = Path(str(out_s).removeprefix("file://")).expanduser()
     if not out.is_absolute():
         out = (Path.cwd() / out).resolve()
     if dry_run_only:
@@ -577,6 +607,9 @@ def run(
     workers = workers or ro.workers
     overwrite = ro.overwrite if overwrite is None else overwrite
 
+    if remote is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        remote.pull_state(out, pipeline.config_hash, overwrite)
     stored = prepare_out(out, pipeline, overwrite)
     # a fresh plan is analysed before anything is written: plan errors leave no output
     plans = None if can_resume(out, stored) else analyse(pipeline)
@@ -588,11 +621,15 @@ def run(
     units_dir = out / META / "units"
     units_dir.mkdir(parents=True, exist_ok=True)
     if retry_failed:
-        _reopen_retryable(out, units)
+        _reopen_retryable(out, units, remote)
+    done_remote: set[str] = set()
+    if remote is not None:
+        remote.push_run(out)
+        done_remote = remote.sync_units(out, units)
     if shard is None:
         shard = shard_from_env()
     mine = [u for u in units if shard is None or u["index"] % shard[1] == shard[0]]
-    todo = [u for u in mine if not (units_dir / f"{u['id']}.json").exists()]
+    todo = [u for u in mine if u["id"] not in done_remote and not (units_dir / f"{u['id']}.json").exists()]
     skipped = len(mine) - len(todo)
     failed: dict[str, str] = {}
 
@@ -614,9 +651,9 @@ def run(
         if ro.executor == "ray":
             from .ray_executor import run_units_ray
 
-            run_units_ray(pipeline, out, todo, workers, progress, on_fail)
+            run_units_ray(pipeline, out, todo, workers, progress, on_fail, remote=remote)
         elif workers <= 1 or len(todo) <= 1 or not needs_processes(pipeline):
-            runner = UnitRunner(pipeline, out)
+            runner = UnitRunner(pipeline, out, remote=remote)
             for u in todo:
                 try:
                     progress.update(runner.run_unit(u))
@@ -625,11 +662,15 @@ def run(
                 except Exception as e:
                     on_fail(u, e, traceback.format_exc())
         else:
-            _run_pool(pipeline, out, todo, workers, progress, on_fail)
+            _run_pool(pipeline, out, todo, workers, progress, on_fail, remote)
     finally:
         progress.close()
 
     manifest = None
+    if remote is not None and not failed and finalize_when_done:
+        done_remote = remote.records()
+        if all(u["id"] in done_remote for u in units):  # other machines' units: pull them
+            remote.pull_units(out, [u["id"] for u in units if not (units_dir / f"{u['id']}.json").exists()])
     if not failed and finalize_when_done and all((units_dir / f"{u['id']}.json").exists() for u in units):
         # in array mode several shares may finish at once: one takes the lock and finalizes
         lock = out / META / "finalize.lock"
@@ -638,10 +679,10 @@ def run(
                 print(f"mmprep: another process is finalizing {out} (or crashed doing so: mmprep finalize {out})", file=sys.stderr)
         else:
             try:
-                manifest = finalize(out, pipeline=pipeline)
+                manifest = finalize(out, pipeline=pipeline, remote=remote)
             finally:
                 lock.unlink(missing_ok=True)
-    return RunResult(out, manifest, len(units), len(todo) - len(failed), skipped, failed)
+    return RunResult(out, manifest, len(units), len(todo) - len(failed), skipped, failed, remote=remote.url if remote else None)
 
 
 def _take_lock(lock: Path) -> bool:
@@ -678,14 +719,14 @@ def needs_processes(pipeline: Pipeline) -> bool:
     return per_sample or partitioned
 
 
-def _run_pool(pipeline: Pipeline, out: Path, todo: list[dict], workers: int, progress: Progress, on_fail) -> None:
+def _run_pool(pipeline: Pipeline, out: Path, todo: list[dict], workers: int, progress: Progress, on_fail, remote=None) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # polars' thread pool is not fork-safe
     counter = ctx.Value("i", 0)
-    args = (pipeline.worker_doc, str(pipeline.base_dir), pipeline.source_path, str(out), pipeline.run_options.device, counter)
+    args = (pipeline.worker_doc, str(pipeline.base_dir), pipeline.source_path, str(out), pipeline.run_options.device, counter, remote)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=args) as pool:
         futures = {pool.submit(_worker_run, u): u for u in todo}
         for fut in as_completed(futures):
@@ -698,7 +739,7 @@ def _run_pool(pipeline: Pipeline, out: Path, todo: list[dict], workers: int, pro
                 on_fail(u, e, getattr(e, "__traceback_text__", "") or "".join(traceback.format_exception(e)))
 
 
-def _reopen_retryable(out: Path, units: list[dict]) -> None:
+def _reopen_retryable(out: Path, units: list[dict], remote: Any = None) -> None:
     """--retry-failed: units with retryable rejections are redone (their record removed)."""
     try:
         from .media import RETRYABLE_REASONS
@@ -711,13 +752,28 @@ def _reopen_retryable(out: Path, units: list[dict]) -> None:
             rec = read_json(rec_path)
             if any(r in RETRYABLE_REASONS for r in rec.get("rejected", {})):
                 rec_path.unlink()
+                if remote is not None:
+                    remote.delete([f"{META}/units/{u['id']}.json"])
     (out / META / "manifest.json").unlink(missing_ok=True)
+    if remote is not None and remote.exists(f"{META}/manifest.json"):
+        remote.delete([f"{META}/manifest.json"])
 
 
 # -- finalize ----------------------------------------------------------------------------
-def finalize(out: str | Path, pipeline: Pipeline | None = None) -> dict:
-    """Merge per-unit outputs (writers' finalize) and write OUT/_mmprep/manifest.json."""
+def finalize(out: str | Path, pipeline: Pipeline | None = None, remote: Any = None) -> dict:
+    """Merge per-unit outputs (writers' finalize) and write OUT/_mmprep/manifest.json.
+
+    With ``remote`` (a :class:`mmprep.remote.RemoteOut` mirrored from the work dir ``out``),
+    what finalize changed is published there, the manifest last."""
     out = Path(out)
+    if remote is not None:
+        from .remote import snapshot
+
+        before = snapshot(out)
+        manifest = finalize(out, pipeline)
+        after = snapshot(out)
+        remote.publish(out, {r for r, v in after.items() if before.get(r) != v})
+        return manifest
     meta = out / META
     run_json = read_json(meta / "run.json")
     if pipeline is None:

@@ -13,10 +13,16 @@ How units run:
   ``pipeline.worker_doc`` (like the local executor's ``_worker_init``), so components and
   encoder models are set up once per actor, not once per unit. Each actor has one unit in
   flight; a finished actor gets the next unit.
-* CPU pipelines: actors request ``num_cpus=1``. Pipelines with encoders on a cluster that
-  has GPUs (and ``run.device`` not ``cpu``): actors request ``num_gpus=1`` (at most as many
-  actors as GPUs); Ray pins each to its GPU (``CUDA_VISIBLE_DEVICES``), so the encoders load
-  on ``cuda:0`` of that actor and stay loaded for every unit it runs.
+* Unit actors request ``num_cpus=1`` and run everything but the encoders: reading, media
+  (decode/resize), formatters, writers and the commit.
+* Encoders run on **encoder actors** when the cluster has GPUs (and ``run.device`` is not
+  ``cpu``): one per GPU (``run.ray_encoder_actors`` caps it), each requesting ``num_gpus=1``;
+  Ray pins it to its GPU (``CUDA_VISIBLE_DEVICES``), the models load once on ``cuda:0`` of
+  that actor and stay loaded. A unit actor sends its frame, encoder by encoder, to the
+  encoder actor ``unit index mod #actors`` and gets the encoded frame and the encoder's
+  counters back, so CPU-heavy decoding on many CPU actors feeds few GPU actors. Without GPUs
+  the encoders run inside the unit actors, unless ``run.ray_encoder_actors: N`` asks for N
+  CPU encoder actors (models loaded N times instead of once per unit actor).
 * The output directory must be a path every node sees at the same place (local disk on a
   one-node cluster, NFS/Lustre on several): workers commit into it directly.
 
@@ -73,25 +79,62 @@ def init_ray(address: str | None) -> bool:
 class _UnitWorker:
     """Ray actor body: one pipeline, built once, running units with the engine's UnitRunner."""
 
+    def __init__(self, doc: dict, base_dir: str, source: str | None, out: str, device: str, index: int, remote: Any = None):
+        from mmprep.config import build_pipeline
+        from mmprep.engine import UnitRunner
+
+        os.environ["MMPREP_WORKER_INDEX"] = str(index)
+        pipeline = build_pipeline(doc, base_dir=Path(base_dir), source=source, interpolate_env=False)
+        if pipeline.encoders and device in ("auto", "cuda"):
+            device = "cpu"  # with GPUs the encoders run on encoder actors, never here
+        self.runner = UnitRunner(pipeline, Path(out), device=device, remote=remote)
+
+    def use_encoder_actors(self, actors: list) -> None:
+        """Send encode stages to ``actors`` (unit index mod len) instead of running them here."""
+        import ray
+
+        current: dict[str, Any] = {}
+
+        def encode(i: int, df):
+            actor = actors[current["index"] % len(actors)]
+            return ray.get(actor.encode.remote(i, df))
+
+        self.runner.encode_remote = encode
+        self._current = current
+
+    def run(self, unit: dict) -> dict:
+        if getattr(self, "_current", None) is not None:
+            self._current["index"] = unit["index"]
+        try:
+            return self.runner.run_unit(unit)
+        except Exception as e:  # keep the remote traceback text for <unit>.failed.json
+            e.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            raise
+
+    def ping(self) -> str:
+        import socket
+
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _EncoderWorker:
+    """Ray actor body: the pipeline's encoders, set up once on this actor's device."""
+
     def __init__(self, doc: dict, base_dir: str, source: str | None, out: str, device: str, index: int, gpu: bool):
         from mmprep.config import build_pipeline
         from mmprep.engine import UnitRunner
 
         os.environ["MMPREP_WORKER_INDEX"] = str(index)
         pipeline = build_pipeline(doc, base_dir=Path(base_dir), source=source, interpolate_env=False)
-        if pipeline.encoders and gpu:
-            # Ray exposes exactly this actor's GPU(s) through CUDA_VISIBLE_DEVICES
+        if gpu:
             device = "cuda:0" if device in ("auto", "cuda") else device
-        elif pipeline.encoders and device in ("auto", "cuda") and not gpu:
+        elif device in ("auto", "cuda"):
             device = "cpu"
         self.runner = UnitRunner(pipeline, Path(out), device=device)
+        self.runner._setup_encoders()
 
-    def run(self, unit: dict) -> dict:
-        try:
-            return self.runner.run_unit(unit)
-        except Exception as e:  # keep the remote traceback text for <unit>.failed.json
-            e.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
-            raise
+    def encode(self, i: int, df: Any) -> tuple[Any, dict]:
+        return self.runner.encode_local(i, df)
 
     def ping(self) -> str:
         import socket
@@ -123,6 +166,7 @@ def run_units_ray(
     workers: int,
     progress: Any,
     on_fail: Callable[[dict, BaseException, str], None],
+    remote: Any = None,
 ) -> None:
     """Run ``todo`` on Ray; ``progress.update(record)`` per finished unit, ``on_fail`` per failed one."""
     if not todo:
@@ -141,15 +185,17 @@ def run_units_ray(
         gpus = _gpus_available() if pipeline.encoders and device != "cpu" else 0
         n = max(1, min(workers, len(todo)))
         retries = max_retries()
-        if gpus:
-            n = min(n, gpus)
-            opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
-        else:
-            opts = {"num_cpus": 1}
-        Actor = ray.remote(_UnitWorker).options(max_restarts=retries, max_task_retries=retries, **opts)
         doc_ref = ray.put(pipeline.worker_doc)
         args = (str(pipeline.base_dir), pipeline.source_path, str(out), device)
-        actors = [Actor.remote(doc_ref, *args, i, bool(gpus)) for i in range(n)]
+        n_enc = pipeline.run_options.ray_encoder_actors
+        n_enc = (min(n_enc or gpus, gpus) if gpus else (n_enc or 0)) if pipeline.encoders else 0
+        enc_opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+        Encoder = ray.remote(_EncoderWorker).options(max_restarts=retries, max_task_retries=retries, **enc_opts)
+        encoders = [Encoder.remote(doc_ref, *args, i, bool(gpus)) for i in range(n_enc)]
+        Actor = ray.remote(_UnitWorker).options(max_restarts=retries, max_task_retries=retries, num_cpus=1)
+        actors = [Actor.remote(doc_ref, *args, i, remote) for i in range(n)]
+        if encoders:
+            ray.get([a.use_encoder_actors.remote(encoders) for a in actors])
 
         queue = list(todo)
         pending: dict[Any, tuple[dict, Any]] = {}
@@ -184,7 +230,7 @@ def run_units_ray(
             else:
                 progress.update(record)
             submit(actor)
-        for a in actors:
+        for a in actors + encoders:
             ray.kill(a, no_restart=True)
     finally:
         if started:

@@ -38,6 +38,20 @@ def done_units(out: Path) -> set[str]:
     return {p.name[:-5] for p in units.glob("*.json") if not p.name.endswith((".intent.json", ".failed.json"))}
 
 
+def intent_entries(out: Path) -> set[str]:
+    """Files (relative to out) listed by the intents of units being committed."""
+    import json
+
+    units = Path(out) / "_mmprep" / "units"
+    entries: set[str] = set()
+    for p in units.glob("*.intent.json") if units.exists() else []:
+        try:
+            entries.update(json.loads(p.read_text())["entries"])
+        except (OSError, ValueError):
+            pass  # the intent itself is written atomically; a vanished one is fine
+    return entries
+
+
 def read_mds(root: Path) -> list[dict]:
     """Every sample of an MDS dataset through the real StreamingDataset (decoded)."""
     import gc

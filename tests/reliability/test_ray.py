@@ -113,3 +113,77 @@ def test_ray_lost_worker_is_retried_not_half_committed(local_ray, tmp_path):
     for sub in ("pq", "wds"):
         assert tree(tmp_path / "local" / sub) == tree(tmp_path / "ray" / sub)
     assert not list((tmp_path / "ray" / "_mmprep" / "units").glob("*.intent.json"))
+
+
+def test_ray_encoder_actors(local_ray, tmp_path):
+    """`run.ray_encoder_actors`: encoders run in their own actor (set up once, there), unit
+    actors send frames to it; outputs and counts equal the local executor's."""
+    from mmprep import Pipeline
+
+    _table(tmp_path / "t.parquet", 90)
+    outs = {}
+    for ex in ("local", "ray"):
+        d = _doc(tmp_path / "t.parquet", ex, workers=1, ray_encoder_actors=1)
+        d["encode"] = [{"type": "pid-probe", "pid_column": "pid"}]
+        d["write"] = [{"type": "parquet", "path": "pq"}]
+        res = Pipeline.from_dict(d, base_dir=tmp_path).run(out=str(tmp_path / ex), quiet=True)
+        assert res.ok, res.failed
+        check_accounting(res.manifest)
+        outs[ex] = res.manifest
+        assert res.manifest["encoders"][0]["stats"] == {"encoded": 90}
+    got = pl.read_parquet(tmp_path / "ray" / "pq" / "*.parquet")
+    ref = pl.read_parquet(tmp_path / "local" / "pq" / "*.parquet")
+    assert got.drop("pid", "setup_pid").equals(ref.drop("pid", "setup_pid"))
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "_mmprep" / "units").glob("toy-*.json")]
+    unit_pids = {r["pid"] for r in recs}
+    enc_pids = set(got["pid"].to_list())
+    # one encoder actor did all the encoding, with the model it set up once; not the unit actor
+    assert len(enc_pids) == 1 and set(got["setup_pid"].to_list()) == enc_pids
+    assert not enc_pids & unit_pids and __import__("os").getpid() not in enc_pids
+    assert [r["encoder_stats"] for r in sorted(recs, key=lambda r: r["index"])] == [[{"encoded": 23}]] * 3 + [[{"encoded": 21}]]
+
+
+def test_ray_driver_killed_then_rerun_equals_local(fault_plugin, tmp_path, mmprep_env):
+    """kill -9 of a `mmprep run` driver using executor ray (its local Ray dies with it) after some
+    units committed: nothing half-visible; a rerun (here on the local executor: the executor is
+    runtime-only) completes and equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    from mmprep import Pipeline
+
+    from .lib import done_units
+
+    _table(tmp_path / "t.parquet", 230)
+    ref = Pipeline.from_dict(_doc(tmp_path / "t.parquet", "local"), base_dir=tmp_path).run(out=str(tmp_path / "ref"), quiet=True)
+    assert ref.ok
+    doc = _doc(tmp_path / "t.parquet", "ray", workers=1)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "o"
+    env = dict(mmprep_env, RAY_DISABLE_IMPORT_WARNING="1")
+    p = subprocess.Popen([sys.executable, "-m", "mmprep.cli", "run", str(tmp_path / "p.yaml"), "-q", "--out", str(out)],
+                         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while p.poll() is None and time.time() < deadline and len(done_units(out)) < 3:
+        time.sleep(0.01)
+    assert p.poll() is None, p.stderr.read().decode()  # still running: the kill lands mid-run
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = done_units(out)
+    assert 3 <= len(done) < 10 and not (out / "_mmprep" / "manifest.json").exists()
+    visible = {q.name for q in (out / "pq").glob("*.parquet")} if (out / "pq").exists() else set()
+    from .lib import intent_entries
+
+    pending = {Path(e).name for e in intent_entries(out)}
+    assert all(n[len("part-"):-len(".parquet")] in done or n in pending for n in visible), (visible, done)
+    doc["run"]["executor"] = "local"
+    res = Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(out), quiet=True)
+    assert res.ok and res.units_skipped == len(done)
+    check_accounting(res.manifest)
+    assert res.manifest["datasets"] == ref.manifest["datasets"]
+    for sub in ("pq", "wds"):
+        assert tree(out / sub) == tree(tmp_path / "ref" / sub), sub

@@ -6,6 +6,9 @@
 * writer ``enospc``: writes each row's caption to ``part-<unit>.bin`` in small chunks through a
   byte budget shared by the process (``MMPREP_TEST_DISK_BUDGET`` bytes, read at write time);
   past it raises ``OSError(ENOSPC)`` like a full disk.
+* encoder ``pid-probe``: a deterministic "embedding" of the caption (its length and byte sum)
+  plus, when ``pid_column`` is set, the pid of the process that encoded and set it up (where
+  encoders ran: Ray encoder actors vs unit actors).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import Field
 
-from mmprep import Formatter, Options, UnitInfo, Writer, WriterOptions, hookimpl
+from mmprep import Encoder, Formatter, Options, UnitInfo, Writer, WriterOptions, hookimpl
 
 
 class FailOnKey(Formatter):
@@ -80,6 +83,40 @@ class Enospc(Writer):
 
     def verify(self, root: Path, manifest: dict) -> list[str]:
         return []
+
+
+class PidProbe(Encoder):
+    """Test encoder: caption length and byte sum, and which process encoded (pid_column)."""
+
+    name = "pid-probe"
+
+    class Options(Options):
+        pid_column: str | None = None
+
+    def setup(self, device: str) -> None:
+        self.setup_pid = os.getpid()
+        self.n = 0
+
+    def encode(self, df: pl.DataFrame) -> pl.DataFrame:
+        self.n += df.height
+        cols = [pl.col("caption").str.len_bytes().cast(pl.Int64).alias("probe_len")]
+        if self.options.pid_column:
+            cols += [pl.lit(os.getpid()).alias(self.options.pid_column), pl.lit(self.setup_pid).alias("setup_pid")]
+        return df.with_columns(cols)
+
+    def stats(self) -> dict:
+        return {"encoded": getattr(self, "n", 0)}
+
+    def identity(self) -> dict:
+        return {"model": "pid-probe"}
+
+    def output_columns(self) -> dict:
+        return {"probe_len": {"dtype": "int64", "shape": []}}
+
+
+@hookimpl
+def register_encoders(register):
+    register(PidProbe)
 
 
 @hookimpl
