@@ -4,7 +4,7 @@ Same set of generated photo-like JPEGs of mixed sizes (640×480 … 4000×3000),
 (shorter side, never upscaled), JPEG q95, written as tar shards.
 
   (a) mmprep: ``MediaStage.process`` on a frame of file paths + tar write of its output, with
-      the default backend (``resize_backend: auto`` = OpenCV INTER_AREA when cv2 imports) and
+      the default backend (``resize_backend: auto`` = OpenCV resize when cv2 imports) and
       with ``resize_backend: pillow`` (and, for reference, a whole ``mmprep run`` with the
       built-in parquet writer, 1 worker)
   (b) img2dataset (own venv, ``--venv``): file:// URLs, resize_mode keep_ratio,
@@ -14,6 +14,14 @@ Same set of generated photo-like JPEGs of mixed sizes (640×480 … 4000×3000),
 Run it pinned to one core for per-core numbers::
 
     taskset -c 1 .venv/bin/python bench/media.py --count 1000
+
+A large set can be measured in several shorter invocations (each under the shared benchmark
+lock), every one running all the compared variants on its own slice of the images, then merged
+into one table::
+
+    flock /tmp/mmprep-bench.lock taskset -c 1 .venv/bin/python bench/media.py --count 2000 --chunk 0/2 --json a.json
+    flock /tmp/mmprep-bench.lock taskset -c 1 .venv/bin/python bench/media.py --count 2000 --chunk 1/2 --json b.json
+    .venv/bin/python bench/media.py --merge a.json b.json
 
 Images are generated once into bench/data/media/ (gitignored) and reused.
 """
@@ -160,12 +168,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "out" / "media"))
     ap.add_argument("--venv", default=str(ROOT.parent / ".venv-img2dataset"), help="venv with img2dataset installed")
     ap.add_argument("--skip", default="", help="comma list of runs to skip: bare,mmprep,mmprep-pillow,mmprep-draft,mmprep-bilinear,run,img2dataset")
+    ap.add_argument("--chunk", default="0/1", help="I/K: measure only the I-th of K equal slices of the --count images")
+    ap.add_argument("--json", default=None, help="also write the rows (and the data summary) to this JSON file")
+    ap.add_argument("--merge", nargs="+", default=None, help="print one table summed over these --json files (no measuring)")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge)
     skip = set(filter(None, a.skip.split(",")))
+    ci, ck = (int(v) for v in a.chunk.split("/"))
     cores = len(os.sched_getaffinity(0))
     t = time.perf_counter()
     files = generate(Path(a.data), a.count)
-    print(f"{len(files)} images ready in {time.perf_counter() - t:.1f}s; {cores} core(s) available", file=sys.stderr)
+    files = files[ci * len(files) // ck : (ci + 1) * len(files) // ck]
+    print(f"{len(files)} images (slice {ci}/{ck} of {a.count}) ready in {time.perf_counter() - t:.1f}s; {cores} core(s) available", file=sys.stderr)
     mp = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / len(files) / 1e6
     mb = sum(f.stat().st_size for f in files) / 1e6
     out = Path(a.out)
@@ -199,7 +214,7 @@ def main(argv=None) -> int:
     if default == "opencv":
         import cv2
 
-        default = f"OpenCV {cv2.__version__} INTER_AREA, simplejpeg scaled decode + encode"
+        default = f"OpenCV {cv2.__version__} box-filter resize, simplejpeg scaled decode + encode"
     else:
         default = "Pillow BICUBIC, simplejpeg scaled decode (cv2 not installed)"
     if "mmprep" not in skip:
@@ -231,16 +246,55 @@ def main(argv=None) -> int:
             rows.append(r)
         else:
             print(f"img2dataset not found in {venv}: skipped", file=sys.stderr)
+    summary = {"images": len(files), "mean_mp": mp, "mb": mb, "cores": cores, "size": a.size, "chunk": a.chunk, "count": a.count}
+    if a.json:
+        Path(a.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    table(rows, summary)
+    return 0
+
+
+def merge(paths: list[str]) -> int:
+    """One table from several --json files: images, seconds and CPU seconds summed per run."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    rows: dict[str, dict] = {}
+    for d in docs:
+        for r in d["rows"]:
+            name = r["run"]
+            if name.startswith("img2dataset, start-up ("):  # its start-up is measured per invocation
+                name = "img2dataset, start-up (measured in each invocation) subtracted"
+            m = rows.setdefault(name, {"run": name, "images": 0, "seconds": 0.0, "cpu_seconds": 0.0})
+            m["images"] += r["images"]
+            m["seconds"] += r["seconds"]
+            m["cpu_seconds"] += r["cpu_seconds"]
+    cores = docs[0]["summary"]["cores"]
+    for m in rows.values():
+        m["seconds"] = round(m["seconds"], 2)
+        m["cpu_seconds"] = round(m["cpu_seconds"], 2)
+        m["img_per_s_per_core"] = round(m["images"] / m["seconds"] / cores, 1)
+        m["img_per_cpu_s"] = round(m["images"] / m["cpu_seconds"], 1)
+    n = sum(d["summary"]["images"] for d in docs)
+    summary = {
+        "images": n,
+        "mean_mp": sum(d["summary"]["mean_mp"] * d["summary"]["images"] for d in docs) / n,
+        "mb": sum(d["summary"]["mb"] for d in docs),
+        "cores": cores,
+        "size": docs[0]["summary"]["size"],
+    }
+    print(f"merged {len(docs)} invocations: " + ", ".join(f"slice {d['summary']['chunk']}" for d in docs))
+    table(list(rows.values()), summary)
+    return 0
+
+
+def table(rows: list[dict], s: dict) -> None:
     base = next((r for r in rows if r["run"].startswith("bare")), None)
     i2d = next((r for r in rows if r["run"].startswith("img2dataset, start-up")), None)
-    print(f"\n{len(files)} JPEGs, mean {mp:.2f} MP, {mb:.0f} MB; {cores} core(s); output shorter side {a.size}, q95\n")
+    print(f"\n{s['images']} JPEGs, mean {s['mean_mp']:.2f} MP, {s['mb']:.0f} MB; {s['cores']} core(s); output shorter side {s['size']}, q95\n")
     print("| run | images | wall s | CPU s | img/s per core (wall) | img per CPU-second | vs bare loop (CPU) | vs img2dataset (CPU) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         vb = f"{r['img_per_cpu_s'] / base['img_per_cpu_s']:.2f}×" if base else "–"
         vi = f"{r['img_per_cpu_s'] / i2d['img_per_cpu_s']:.2f}×" if i2d else "–"
         print(f"| {r['run']} | {r['images']} | {r['seconds']} | {r['cpu_seconds']} | {r['img_per_s_per_core']} | {r['img_per_cpu_s']} | {vb} | {vi} |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Webdataset writer vs a direct webdataset.TarWriter loop on the same samples.
 
-Samples: ~50 KB JPEG-like bytes + caption + 32 KB latent bytes (float16 4x64x64).
+Samples: ~50 KB JPEG-like bytes + caption + 32 KB latent bytes (float16 4x64x64), built once
+in memory and shared by every variant.
 mmprep: write_unit per unit of --unit samples into a part tar, then finalize repacks the
-parts into exact --per-shard shards (both steps timed). Baseline: webdataset.ShardWriter
-(TarWriter underneath) with maxcount=--per-shard.
+parts into exact --per-shard shards (both steps timed: the whole write path a run gets).
+Baseline: webdataset.ShardWriter (a TarWriter per shard) with maxcount=--per-shard.
+Variants run interleaved (A,B,B,A,A,B...), each after an os.sync() (untimed) so none pays for
+another's write-back; the table gives medians over --reps.
 
     .venv/bin/python bench/writers_wds.py --count 20000
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +40,12 @@ def make(count: int, seed: int = 0) -> pl.DataFrame:
     )
 
 
-def run_mmprep(df: pl.DataFrame, out: Path, unit: int, per_shard: int) -> float:
+def run_mmprep(df: pl.DataFrame, out: Path, unit: int, per_shard: int, fsync: bool = True) -> tuple[float, float, float]:
     from mmprep import Context, UnitInfo
     from mmprep_webdataset import WebDatasetWriter
 
-    w = WebDatasetWriter(WebDatasetWriter.Options(samples_per_shard=per_shard, extensions={"latents": "latents"}), Context())
+    opts = WebDatasetWriter.Options(samples_per_shard=per_shard, extensions={"latents": "latents"}, fsync=fsync)
+    w = WebDatasetWriter(opts, Context())
     out.mkdir(parents=True)
     t0 = time.perf_counter()
     records = []
@@ -71,6 +76,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--unit", type=int, default=2500)
     ap.add_argument("--per-shard", type=int, default=1000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-fsync-variant", action="store_true", help="also time mmprep with fsync: false")
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
     import webdataset  # noqa: F401  (import cost outside the timings)
@@ -78,27 +85,41 @@ def main() -> None:
     df = make(a.count)
     mb = sum(len(x) for x in df["image_bytes"]) / 1e6 + a.count * (32_768 / 1e6)
     base = Path(a.dir or tempfile.mkdtemp(prefix="wdsbench-"))
-    rows = []
-    for rep in range(2):
-        for name in ("webdataset.ShardWriter", "mmprep webdataset"):
-            d = base / f"{name.split()[0]}-{rep}"
+    names = ["webdataset.ShardWriter", "mmprep webdataset"] + (["mmprep webdataset, fsync: false"] if a.no_fsync_variant else [])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    notes: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for rep in range(a.reps):
+        order = names if rep % 2 == 0 else names[::-1]
+        for name in order:
+            d = base / f"v{names.index(name)}-{rep}"
             shutil.rmtree(d, ignore_errors=True)
+            os.sync()
+            c0 = time.process_time()  # CPU seconds of all threads of this process
             if name.startswith("mmprep"):
-                total, wr, fin = run_mmprep(df, d, a.unit, a.per_shard)
-                rows.append((rep, name, total, f"write_unit {wr:.2f} s + finalize {fin:.2f} s"))
+                total, wr, fin = run_mmprep(df, d, a.unit, a.per_shard, fsync="fsync: false" not in name)
+                notes[name].append((wr, fin))
             else:
-                rows.append((rep, name, run_wds(df, d, a.per_shard), ""))
+                total = run_wds(df, d, a.per_shard)
+            cpu[name].append(time.process_time() - c0)
+            times[name].append(total)
+            print(f"rep {rep} {name}: {total:.2f} s, {cpu[name][-1]:.2f} CPU s", flush=True)
             shutil.rmtree(d, ignore_errors=True)
-    best = {}
-    for rep, name, t, note in rows:
-        if name not in best or t < best[name][0]:
-            best[name] = (t, note)
-    ref = best["webdataset.ShardWriter"][0]
-    print(f"{a.count} samples, {mb:.0f} MB payload, best of 2, page cache, no fsync except mmprep's per-shard fsync")
-    print("| writer | seconds | samples/s | MB/s | speed vs ShardWriter | note |")
-    print("|---|---|---|---|---|---|")
-    for name, (t, note) in best.items():
-        print(f"| {name} | {t:.2f} | {a.count / t:,.0f} | {mb / t:,.0f} | {ref / t:.2f}x | {note} |")
+    ref = statistics.median(times[names[0]])
+    print(f"\n{a.count} samples, {mb:.0f} MB payload, units of {a.unit}, shards of {a.per_shard}; "
+          f"median of {a.reps} interleaved runs; ShardWriter never fsyncs, mmprep fsyncs each shard unless noted")
+    print("| writer | seconds (median) | runs | CPU s (median) | samples/s | MB/s | speed vs ShardWriter | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        t = statistics.median(times[name])
+        runs = " / ".join(f"{x:.2f}" for x in times[name])
+        note = ""
+        if notes[name]:
+            wr = statistics.median(x[0] for x in notes[name])
+            fin = statistics.median(x[1] for x in notes[name])
+            note = f"write_unit {wr:.2f} s + finalize {fin:.2f} s"
+        c = statistics.median(cpu[name])
+        print(f"| {name} | {t:.2f} | {runs} | {c:.2f} | {a.count / t:,.0f} | {mb / t:,.0f} | {ref / t:.2f}x | {note} |")
 
 
 if __name__ == "__main__":

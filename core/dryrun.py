@@ -251,7 +251,7 @@ def dry_run(pipeline: Pipeline, measure: bool = False) -> dict:
                 par = workers if (pipeline.media is not None or pipeline.encoders or len(units) > 1) else 1
                 par = min(par, max(len(units), 1))
                 est = per_row * planned / par + m["encoder_setup_seconds"] + plan_seconds
-                out["estimated_seconds"] = round(est, 1)
+                out["estimated_seconds"] = round(est, 3)
                 out["estimate_note"] = (
                     f"{per_row * 1000:.2f} ms per row measured in one process x {planned:,} rows / {par} parallel workers"
                     f" + encoder set-up {m['encoder_setup_seconds']}s + plan {plan_seconds:.1f}s"

@@ -182,6 +182,7 @@ def recover(out: Path) -> None:
                     entries = []
                 for rel in entries:
                     _remove(out / rel)
+                _prune_empty_dirs(out, entries)
             intent.unlink(missing_ok=True)
     staging = meta / "staging"
     if staging.exists():
@@ -191,6 +192,18 @@ def recover(out: Path) -> None:
             alive = host == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
             if not alive:
                 _remove(d)
+
+
+def _prune_empty_dirs(out: Path, entries: list[str]) -> None:
+    """Remove the directories a half-committed unit left empty (e.g. an MDS unit directory
+    whose files recovery just deleted), deepest first; a directory that still holds another
+    unit's files stays (rmdir only removes empty ones)."""
+    dirs = {p for rel in entries for p in Path(rel).parents if p != Path(".")}
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        try:
+            (out / d).rmdir()
+        except OSError:
+            pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -470,7 +483,11 @@ def _merge_move(src: Path, dst: Path) -> None:
                     pass
             _merge_move(entry, target)
         else:
-            os.replace(entry, target)
+            try:
+                os.replace(entry, target)
+            except FileNotFoundError:  # dst pruned meanwhile by another process's recovery
+                dst.mkdir(parents=True, exist_ok=True)
+                os.replace(entry, target)
 
 
 # -- worker process ----------------------------------------------------------------------

@@ -9,18 +9,19 @@ Order of work for each sample (bytes in, encoded image or :class:`Reject` out):
    ``min_size`` (``too_small``), ``max_side`` (``too_large``), ``max_aspect_ratio``
    (``bad_aspect_ratio``), the animated policy (``animated``).
 3. The resize plan (:mod:`mmprep.media.resize`) says how many source pixels are needed, so
-   JPEGs are decoded DCT-scaled: simplejpeg (libjpeg-turbo, scale factors n/8, strict: warnings
-   such as a premature end of data raise) for RGB/grey JPEGs, Pillow ``draft`` otherwise.
+   JPEGs are decoded DCT-scaled: simplejpeg (libjpeg-turbo, scale factors n/8 chosen by
+   :func:`dct_scale`, strict: warnings such as a premature end of data raise) for RGB/grey
+   JPEGs, Pillow ``draft`` otherwise.
    The full decode happens inside the try: a truncated file is ``decode_error``;
    ``LOAD_TRUNCATED_IMAGES`` is never set.
 4. Mode conversion to RGB (CMYK/YCCK, palette/LA/RGBA composited on ``background``, 16-bit and
    float scaled to 8 bit), EXIF orientation, one antialiased resize with a source box, pad.
    Backend (``resize_backend``): OpenCV when ``cv2`` imports (``auto``), on a numpy array:
    ``cv2.flip``/``rotate``/``transpose`` for the orientation, the box cropped to whole decoded
-   pixels, ``cv2.resize`` with ``INTER_AREA`` for downscaling by more than 1.25× (antialiased;
-   INTER_LINEAR below that, where it does not alias; 6 vs 11 ms for
-   Pillow's BICUBIC after DCT scaling, bench/results/media.md) and JPEG output encoded by simplejpeg (4:2:0, libjpeg's ISLOW DCT, as
-   Pillow does). Arrays stay RGB throughout (simplejpeg decodes to RGB, cv2 never decodes
+   pixels, ``cv2.resize`` (:func:`_cv_resize`: INTER_LINEAR up to a factor 1.25, a box filter
+   of the factor's width above that, i.e. INTER_AREA or, up to 2×, its cheaper equivalent;
+   3-8 vs 11 ms for Pillow's BICUBIC after DCT scaling, bench/results/media.md) and JPEG output
+   encoded by simplejpeg (4:2:0, libjpeg's ISLOW DCT, as Pillow does). Arrays stay RGB throughout (simplejpeg decodes to RGB, cv2 never decodes
    here, so there is no BGR step). OpenCV runs single-threaded: worker processes are the
    parallelism. Otherwise Pillow does the same work on ``Image`` objects.
 5. Encode, or pass the source bytes through when they already are RGB in the target format and
@@ -248,16 +249,32 @@ def _fast_jpeg(img: Image.Image, fmt: str, fast: bool) -> bool:
     return fmt == "jpeg" and fast and _sj is not None and img.mode in ("RGB", "L")
 
 
+def dct_scale(w: int, h: int, need: tuple[int, int]) -> int:
+    """Numerator n of the DCT scale n/8 to decode a ``w``×``h`` JPEG at: the smallest n whose
+    scaled size (libjpeg rounds up) still covers ``need``, except that 7/8 becomes 8/8.
+
+    libjpeg-turbo has SIMD inverse DCTs only for 8/8, 4/8, 2/8 and 1/8; the others are plain C,
+    and 7/8 measured slower than a full decode (800×600: 6.4 vs 4.1 ms, bench/results/media.md),
+    while the resize from 8/8 stays cheap (factor at most 8/7 × 7/6 = 1.33). 5/8 and 6/8 cost
+    about as much as 8/8 but leave a smaller, cheaper and less aliasing-prone resize."""
+    for n in range(1, 9):
+        if -(-w * n // 8) >= need[0] and -(-h * n // 8) >= need[1]:
+            return 8 if n == 7 else n
+    return 8
+
+
 def _decode_sj(img: Image.Image, data: bytes, need: tuple[int, int]) -> np.ndarray:
-    """simplejpeg decode (strict: a truncated file raises), DCT-scaled but never below ``need``;
-    RGB (h, w, 3) or grey (h, w)."""
-    scaled = need[0] < img.size[0] or need[1] < img.size[1]
+    """simplejpeg decode (strict: a truncated file raises), DCT-scaled (:func:`dct_scale`) but
+    never below ``need``; RGB (h, w, 3) or grey (h, w)."""
+    w, h = img.size
+    n = dct_scale(w, h, need)
     try:
         arr = _sj.decode_jpeg(
             data,
             colorspace="RGB" if img.mode == "RGB" else "GRAY",
-            min_width=need[0] if scaled else 0,
-            min_height=need[1] if scaled else 0,
+            # simplejpeg picks the smallest n/8 whose size is at least these minimums
+            min_width=-(-w * n // 8) if n < 8 else 0,
+            min_height=-(-h * n // 8) if n < 8 else 0,
             strict=True,
         )
     except ValueError as e:
@@ -301,7 +318,7 @@ def _cv_orient(cv, a: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _cv_interp(cv, resample: str) -> int:
-    """OpenCV filter for upscaling (downscaling uses INTER_LINEAR up to a factor 1.25, else INTER_AREA)."""
+    """OpenCV filter for upscaling (downscaling: :func:`_cv_resize`)."""
     return {
         "bicubic": cv.INTER_CUBIC,
         "bilinear": cv.INTER_LINEAR,
@@ -309,6 +326,28 @@ def _cv_interp(cv, resample: str) -> int:
         "box": cv.INTER_NEAREST,
         "hamming": cv.INTER_LINEAR,
     }[resample]
+
+
+def _cv_resize(cv, a: np.ndarray, tw: int, th: int, resample: str) -> np.ndarray:
+    """Resize an array to ``tw``×``th``. Downscaling by a factor r (the larger of the two axes):
+
+    * r ≤ 1.25: INTER_LINEAR; each output pixel covers at most 1.25 source pixels, bilinear is
+      alias-free enough there (after DCT-scaled decoding this is the common case);
+    * 1.25 < r ≤ 2: INTER_LINEAR up to twice the target (an upscale, so no pixel is skipped),
+      then INTER_AREA by exactly 2 (OpenCV's integer-factor fast path, a 2×2 mean). The result
+      is a box filter of width r like INTER_AREA's, at half the cost of its generic
+      (non-integer) path, and within ~1 dB of it (bench/results/media.md);
+    * r > 2: INTER_AREA.
+    """
+    sh, sw = a.shape[:2]
+    if tw > sw or th > sh:
+        return cv.resize(a, (tw, th), interpolation=_cv_interp(cv, resample))
+    r = max(sw / tw, sh / th)
+    if r <= 1.25:
+        return cv.resize(a, (tw, th), interpolation=cv.INTER_LINEAR)
+    if r <= 2.0:
+        a = cv.resize(a, (2 * tw, 2 * th), interpolation=cv.INTER_LINEAR)
+    return cv.resize(a, (tw, th), interpolation=cv.INTER_AREA)
 
 
 def _pixels_cv(cv, img: Image.Image, data: bytes, fmt: str, need: tuple[int, int], orientation: int, p: rz.Plan, o) -> tuple[bytes, int, int]:
@@ -329,14 +368,7 @@ def _pixels_cv(cv, img: Image.Image, data: bytes, fmt: str, need: tuple[int, int
     sh, sw = a.shape[:2]
     tw, th = p.size
     if (tw, th) != (sw, sh):
-        if tw <= sw and th <= sh:
-            # after DCT-scaled decoding the remaining factor is usually small: up to 1.25 each
-            # output pixel covers at most 1.25 source pixels and bilinear is alias-free enough
-            # (PSNR checked in tests); beyond that INTER_AREA averages every source pixel
-            interp = cv.INTER_LINEAR if max(sw / tw, sh / th) <= 1.25 else cv.INTER_AREA
-        else:
-            interp = _cv_interp(cv, o.resample)
-        a = cv.resize(a, (tw, th), interpolation=interp)
+        a = _cv_resize(cv, a, tw, th, o.resample)
     if a.ndim == 2:
         a = cv.cvtColor(a, cv.COLOR_GRAY2RGB)
     if p.canvas is not None:

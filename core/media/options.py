@@ -112,7 +112,8 @@ class MediaOptions(Options):
     resample: Literal["bicubic", "bilinear", "lanczos", "box", "hamming"] = Field(
         default="bicubic",
         description="Resampling filter of the Pillow backend (antialiased); the OpenCV backend downscales with "
-        "INTER_AREA (antialiased; INTER_LINEAR when the factor is at most 1.25) and upscales with the matching OpenCV filter",
+        "a box filter (INTER_AREA, or INTER_LINEAR to twice the size then a 2×2 mean when the factor is at most 2; "
+        "INTER_LINEAR alone when it is at most 1.25) and upscales with the matching OpenCV filter",
     )
     resize_backend: Literal["auto", "opencv", "pillow"] = Field(
         default="auto",

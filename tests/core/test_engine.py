@@ -278,6 +278,27 @@ def test_recovery_deletes_only_listed_files(run_pipeline, table, tmp_path):
     assert len(list((out / "pq").glob("*.parquet"))) == 9
 
 
+def test_recovery_removes_directories_a_half_commit_left_empty(run_pipeline, table, tmp_path):
+    """A unit directory (as MDS writes one per unit) whose files recovery deletes disappears
+    with them; a directory that still holds other units' files stays."""
+    _, path = table
+    out = tmp_path / "o"
+    run_pipeline(base_doc(path), out=out)
+    units = out / "_mmprep" / "units"
+    (units / "laion-00003.json").unlink()
+    unit_dir = out / "pq" / "laion-00003"
+    unit_dir.mkdir()
+    (unit_dir / "index.json").write_text("{}")
+    (unit_dir / "shard.00000.mds").write_bytes(b"x")
+    entries = ["pq/laion-00003/index.json", "pq/laion-00003/shard.00000.mds", "pq/part-laion-00003.parquet"]
+    (units / "laion-00003.intent.json").write_text(json.dumps({"entries": entries}))
+    from mmprep.engine import recover
+
+    recover(out)
+    assert not unit_dir.exists()
+    assert (out / "pq").is_dir() and len(list((out / "pq").glob("*.parquet"))) == 9
+
+
 def test_partitioned_source_filters_hash_and_dup_in_units(tmp_path):
     """A partitioned source (one unit per partition): filters, hash: and dup: run in the unit."""
     import pluggy

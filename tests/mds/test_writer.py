@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -174,25 +177,86 @@ def test_ndarray_encoding_option(write_units):
 
 def test_exception_inside_a_unit_never_leaves_an_index(tmp_path, monkeypatch):
     """MDSWriter.__exit__ would finish() and write an index; ours removes the partial unit."""
-    from streaming.base.format.base.writer import Writer as BaseWriter
+    import mmprep_mds.shards as ms
 
     df = make_frame(40)
     calls = {"n": 0}
-    real_write = BaseWriter.write
+    real_write = ms.write_buffers
 
-    def failing_write(self, sample):
+    def failing_write(fd, bufs, hashers):
         calls["n"] += 1
-        if calls["n"] == 30:
+        if calls["n"] == 3:  # after two complete shards
+            os.write(fd, b"half a shard")
             raise RuntimeError("disk on fire")
-        return real_write(self, sample)
+        return real_write(fd, bufs, hashers)
 
-    monkeypatch.setattr(BaseWriter, "write", failing_write)
+    monkeypatch.setattr(ms, "write_buffers", failing_write)
     staging = tmp_path / "staging"
     staging.mkdir()
     with pytest.raises(RuntimeError, match="disk on fire"):
         W(size_limit=2000).write_unit(df, UnitInfo("u00007", 7, 40), staging)
+    assert calls["n"] == 3
     assert list(staging.iterdir()) == []  # no partial shards, no index.json
     assert not list(tmp_path.rglob("index.json"))
+
+
+@pytest.mark.parametrize("opts", [
+    {"size_limit": 8000, "hashes": ["sha1", "xxh64"]},
+    {"size_limit": 900, "hashes": ["xxh3_64"]},  # first sample > limit: MDSWriter's empty shard 0
+    {"size_limit": None},
+    {"size_limit": 7000, "compression": "zstd", "hashes": ["md5"]},
+])
+def test_shards_and_index_are_byte_identical_to_mdswriter(tmp_path, opts):
+    """The column-wise writev path writes exactly what a plain MDSWriter loop writes."""
+    from streaming.base import MDSWriter
+
+    df = make_frame(37, img=32).with_columns(pl.Series("score", np.linspace(0, 1, 37), pl.Float32))
+    w = W(**opts)
+    layout = w.layout(df)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    w.write_unit(df, UnitInfo("u00000", 0, df.height), staging)
+    ref = tmp_path / "ref"
+    plain = MDSWriter(out=str(ref), columns=layout.mds_columns, compression=opts.get("compression"),
+                      hashes=opts.get("hashes", []), size_limit=opts["size_limit"])
+    for row in df.to_dicts():  # mds_encode stores bytes values (the images) verbatim
+        plain.write({c.name: np.float32(row[c.source]) if c.name == "score" else row[c.source] for c in layout.columns})
+    plain.finish()
+    got = {p.name: p.read_bytes() for p in (staging / "u00000").iterdir()}
+    want = {p.name: p.read_bytes() for p in ref.iterdir()}
+    assert sorted(got) == sorted(want) and len(want) >= 2
+    assert got == want
+    if opts["size_limit"] == 900:
+        assert json.loads(want["index.json"])["shards"][0]["samples"] == 0
+
+
+def test_encoded_sizes_match_streaming():
+    from streaming.base.format.mds.encodings import get_mds_encoded_size
+
+    encs = sorted(E._BASE_ENCODINGS) + ["ndarray:float16", "ndarray:float16:4,32,32", "ndarray:uint8:3",
+                                        "ndarray:int64:2,3,4", "ndarray:float32:77,1024"]
+    for enc in encs:
+        assert E.encoded_size(enc) == get_mds_encoded_size(enc), enc
+
+
+def test_writing_a_unit_does_not_import_streaming(tmp_path):
+    """`import streaming` loads torch (seconds per fresh worker process): the write path avoids it."""
+    code = (
+        "import sys, polars as pl\n"
+        "from pathlib import Path\n"
+        "from mmprep import UnitInfo\n"
+        "from mmprep_mds import MdsWriter\n"
+        "df = pl.DataFrame({'key': ['a', 'b'], 'blob': [b'x' * 30, b'yz' * 40], 'w': [1, 2]})\n"
+        "w = MdsWriter(MdsWriter.Options(hashes=['sha1', 'xxh64'], size_limit=100))\n"
+        f"st = w.write_unit(df, UnitInfo('u0', 0, 2), Path({str(tmp_path)!r}))\n"
+        "assert st['samples'] == 2, st\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('streaming', 'torch'))\n"
+        "assert not bad, bad[:5]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_all(tmp_path / "u0")
+    assert [(r["key"], r["blob"], int(r["w"])) for r in rows] == [("a", b"x" * 30, 1), ("b", b"yz" * 40, 2)]
 
 
 def test_the_mdswriter_trap_is_real(tmp_path):

@@ -13,6 +13,7 @@ and different worker counts give identical payloads.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +90,21 @@ class T2IOptions(LlavaOptions):
         return v
 
 
+def _split_sentences(cap: pl.Series) -> pl.Series:
+    """``re.split(r'(?<=[.!?]) +', caption.strip())`` per row, as a list column.
+
+    Sentence ends are marked with a character no caption of the batch contains (NUL unless
+    one does), then split on.
+    """
+    cap = cap.str.strip_chars()
+    marker = next((m for m in map(chr, [*range(32), 0xFFFE, 0xFFFF]) if m not in "\t\n\r " and not cap.str.contains(m, literal=True).any()), None)
+    if marker is None:  # every candidate occurs: regex marking with NUL (splits at NULs too)
+        return cap.str.replace_all(r"([.!?]) +", "${1}\x00").str.split("\x00")
+    # mark 'punctuation + space', then drop the rest of the space run
+    marked = cap.str.replace_many([". ", "! ", "? "], [f".{marker}", f"!{marker}", f"?{marker}"])
+    return marked.str.replace_all(re.escape(marker) + " +", marker).str.split(marker)
+
+
 class T2IFormatter(LlavaFormatter):
     """Text-to-image payloads (LaViDa-O preproces_text_to_image_generation_s3)."""
 
@@ -103,36 +119,40 @@ class T2IFormatter(LlavaFormatter):
         return [self.options.image_column, *self.caption_columns()]
 
     def caption(self, df: pl.DataFrame) -> pl.Expr:
+        """The caption of each row after the per-key choices (computed on the frame, as a literal column)."""
         o = self.options
         keys = self.caption_columns()
         seed = self.context.seed + o.seed
         u_key, u_trunc, u_k = P.key_draws(df["key"], seed, 3)
         no_drop = set(o.no_drop_keys or [])
-        allowed = [(k not in no_drop) if o.no_drop_keys is not None else o.random_truncate for k in keys]
+        allowed = np.array([(k not in no_drop) if o.no_drop_keys is not None else o.random_truncate for k in keys])
+        cap = df[keys[0]].cast(pl.String)
         if len(keys) == 1:
-            cap = pl.col(keys[0]).cast(pl.String)
-            may = pl.lit(allowed[0])
+            may = np.full(df.height, allowed[0])
         else:  # np.random.choice(random_caption_keys), one draw per key
-            choice = pl.Series(np.minimum((u_key * len(keys)).astype(np.int64), len(keys) - 1))
-            cap = pl.lit(None, dtype=pl.String)
-            may = pl.lit(False)
-            for i in reversed(range(len(keys))):
-                cap = pl.when(pl.lit(choice) == i).then(pl.col(keys[i]).cast(pl.String)).otherwise(cap)
-                may = pl.when(pl.lit(choice) == i).then(pl.lit(allowed[i])).otherwise(may)
-        if any(allowed) and o.truncate_probability > 0:
-            needs = (pl.lit(pl.Series(u_trunc)) < o.truncate_probability) & (cap.str.len_chars() > o.truncate_min_chars) & may
-            # randomly_select_sentences: re.split(r'(?<=[.!?]) +', caption.strip()), k ~ U{1..n}, ' '.join(first k)
-            parts = (
-                pl.when(needs).then(cap).otherwise(None)
-                .str.strip_chars()
-                .str.replace_all(r"([.!?]) +", "${1}\x00")
-                .str.split("\x00")
-            )
-            k = (pl.lit(pl.Series(u_k)) * parts.list.len()).floor().cast(pl.Int64) + 1
-            cap = pl.when(needs).then(parts.list.slice(0, k).list.join(" ")).otherwise(cap)
+            choice = np.minimum((u_key * len(keys)).astype(np.int64), len(keys) - 1)
+            cap = cap.clone()
+            for i in range(1, len(keys)):
+                idx = np.flatnonzero(choice == i)
+                if len(idx):
+                    cap = cap.scatter(idx, df[keys[i]].cast(pl.String).gather(idx))
+            may = allowed[choice]
+        lengths = cap.str.len_chars().fill_null(0).to_numpy()
+        if allowed.any() and o.truncate_probability > 0:
+            # only rows drawn for truncation are split (a few percent of them)
+            idx = np.flatnonzero((u_trunc < o.truncate_probability) & (lengths > o.truncate_min_chars) & may)
+            if len(idx):
+                # randomly_select_sentences: re.split(r'(?<=[.!?]) +', caption.strip()), k ~ U{1..n}, ' '.join(first k)
+                parts = _split_sentences(cap.gather(idx))
+                k = np.floor(u_k[idx] * parts.list.len().to_numpy()).astype(np.int64) + 1
+                cut = pl.select(pl.lit(parts).list.slice(0, pl.lit(pl.Series(k))).list.join(" ")).to_series()
+                cap = cap.clone().scatter(idx, cut)
         if o.max_caption_chars:
-            cap = cap.str.slice(0, o.max_caption_chars)
-        return cap
+            # truncation never lengthens a caption: only rows longer than the cap need cutting
+            idx = np.flatnonzero(lengths > o.max_caption_chars)
+            if len(idx):
+                cap = cap.clone().scatter(idx, cap.gather(idx).str.slice(0, o.max_caption_chars))
+        return pl.lit(cap)
 
     def image(self, df: pl.DataFrame) -> pl.Expr:
         o = self.options

@@ -1,10 +1,11 @@
-"""Payload building blocks shared by the LLaVA formatters (all polars expressions).
+"""Payload building blocks shared by the LLaVA formatters.
 
 A payload is one LLaVA training sample::
 
     {"id": ..., "image": ..., "image_gen": ..., "conversations": [{"from": "human", "value": ...}, ...]}
 
-Formatters build its fields as expressions, :func:`finish` validates them (see
+Formatters build its fields as polars expressions (a fixed-shape conversation as a
+:class:`Conversation` of turn expressions); :func:`finish` evaluates them, validates them (see
 :mod:`mmprep_llava.validate`), encodes the payload as a JSON string column and records
 rejections. **Payload column type: a JSON string (pl.String)**, one object per row. A string
 has one type whatever the formatter, so units whose rows come from different formatters
@@ -14,15 +15,18 @@ Decode with ``json.loads`` or ``pl.col("llava").str.json_decode()``.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from mmprep import REJECT_MESSAGE, REJECT_REASON
-from mmprep.hashing import unit_floats
+from mmprep.hashing import hash_strings, unit_floats
 
-from .validate import validation_message
+from . import validate as V
+from .scan import Scan, scan, string_bytes
 
 #: LaViDa-O's constant payload id (``id: constant``).
 CONSTANT_ID = "000951660"
@@ -32,29 +36,26 @@ REJECT = "llava_invalid"
 #: Placeholder scheme for images materialised by a llava writer (see writers.py).
 MEDIA_SCHEME = "mmprep-media://"
 
-_TMP = "__llava_"
-
 
 def max_cap_length_default() -> int:
     """``MAX_CAP_LENGTH`` from the environment, default 800 (as LaViDa-O's llava/constants.py)."""
     return int(os.environ.get("MAX_CAP_LENGTH", 800))
 
 
-def conversation(df: pl.DataFrame, *turns: tuple[str, pl.Expr]) -> pl.Expr:
-    """A fixed-shape conversation column (one turn per ``(role, value expression)``).
+@dataclass(frozen=True)
+class Conversation:
+    """A fixed-shape conversation: one ``(role, value expression)`` per turn.
 
-    Built from the evaluated value columns as one struct series of ``rows * turns`` reshaped
-    to rows (``pl.concat_list`` of structs is ~20x slower), used as a literal column.
+    :func:`finish` evaluates the turn values as plain string columns, validates them per turn
+    and writes the ``conversations`` JSON directly: no list-of-struct column is built.
     """
-    n, k = df.height, len(turns)
-    if n == 0:
-        return pl.lit(pl.Series("conversations", [], dtype=CONV_DTYPE))
-    vals = df.select([e.cast(pl.String).alias(f"v{i}") for i, (_, e) in enumerate(turns)])
-    flat = pl.concat([vals[f"v{i}"] for i in range(k)]).rechunk()  # turn-major
-    order = (np.arange(n, dtype=np.int64)[:, None] + np.arange(k, dtype=np.int64)[None, :] * n).ravel()
-    roles = pl.Series([r for r, _ in turns], dtype=pl.String).gather(np.tile(np.arange(k), n))
-    turns_s = pl.DataFrame({"from": roles, "value": flat.gather(order)}).to_struct("conversations")
-    return pl.lit(turns_s.reshape((n, k)).arr.to_list().cast(CONV_DTYPE))
+
+    turns: tuple[tuple[str, pl.Expr], ...]
+
+
+def conversation(df: pl.DataFrame | None, *turns: tuple[str, pl.Expr]) -> Conversation:
+    """A fixed-shape conversation field (one turn per ``(role, value expression)``)."""
+    return Conversation(tuple((r, e) for r, e in turns))
 
 
 def join_prefix(expr: pl.Expr, prefix: str | None) -> pl.Expr:
@@ -65,9 +66,98 @@ def join_prefix(expr: pl.Expr, prefix: str | None) -> pl.Expr:
     return pl.when(expr.str.starts_with("/")).then(expr).otherwise(pl.lit(prefix + sep) + expr)
 
 
+_G = np.uint64(0x9E3779B97F4A7C15)
+_P = np.uint64(0x100000001B3)
+_INV = (pow(0xBF58476D1CE4E5B9, -1, 1 << 64), pow(0x94D049BB133111EB, -1, 1 << 64))
+
+
+def _unshift(x: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of ``x ^ (x >> k)`` on uint64."""
+    y = x.copy()
+    s = k
+    while s < 64:
+        y ^= x >> np.uint64(s)
+        s += k
+    return y
+
+
+def _unmix(h: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`mmprep.hashing`'s splitmix64 finaliser."""
+    with np.errstate(over="ignore"):
+        x = _unshift(h, 31) * np.uint64(_INV[1])
+        x = _unshift(x, 27) * np.uint64(_INV[0])
+        return _unshift(x, 30) - _G
+
+
+def _state0(off: np.ndarray, data: np.ndarray) -> np.ndarray | None:
+    """Pre-finaliser state of :func:`mmprep.hashing.hash_strings` at seed 0, per string:
+    ``P + sum((byte + 1) * P**(bytes after it)) + length`` (mod 2**64), by Horner's rule over
+    the strings of each length. None when there is no byte at all, or too many distinct
+    lengths for this to pay (the caller then inverts the core's hash)."""
+    lengths = np.diff(off)
+    if not len(lengths) or off[-1] == 0 or lengths.max() > 4096:
+        return None
+    present = np.flatnonzero(np.bincount(lengths))
+    if len(present) > 256:
+        return None
+    sums = np.zeros(len(lengths), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for length in present:
+            if length == 0:
+                continue
+            rows = np.flatnonzero(lengths == length) if len(present) > 1 else None
+            starts = off[:-1] if rows is None else off[rows]
+            acc = np.zeros(len(starts), dtype=np.uint64)
+            for j in range(int(length)):
+                acc *= _P
+                acc += data[starts + j]
+                acc += np.uint64(1)
+            if rows is None:
+                sums = acc
+            else:
+                sums[rows] = acc
+        return _P + sums + lengths.astype(np.uint64)
+
+
 def key_draws(keys: pl.Series, seed: int, n: int) -> list[np.ndarray]:
-    """``n`` independent uniform [0, 1) draws per key, stable across runs and machines."""
-    return [unit_floats(keys, seed=int(seed) * 16 + j) for j in range(n)]
+    """``n`` independent uniform [0, 1) draws per key, stable across runs and machines.
+
+    Draw ``j`` is ``unit_floats(keys, seed * 16 + j)``. The keys are hashed once: the hash's
+    seed enters its pre-mix state linearly (``(2 * seed + 1) * P + f(key)``), so the seed-0
+    state (:func:`_state0`, or recovered from :func:`~mmprep.hashing.hash_strings` by
+    inverting the finaliser) is moved to each draw's seed and mixed. The result is checked
+    against :func:`~mmprep.hashing.unit_floats` on a few keys; any difference (a changed
+    hash) falls back to hashing once per draw.
+    """
+    seeds = [int(seed) * 16 + j for j in range(n)]
+    if keys.len() == 0 or n == 0:
+        return [np.zeros(keys.len(), dtype=np.float64) for _ in seeds]
+    s = keys.cast(pl.String)
+    if s.null_count():
+        s = s.fill_null("")  # as hash_strings does
+    off, data = string_bytes(s)
+    step = _P if off[-1] else np.uint64(1)
+    pre0 = _state0(off, data)
+    if pre0 is None:
+        pre0 = _unmix(hash_strings(s, 0))
+    out = []
+    with np.errstate(over="ignore"):
+        for sd in seeds:
+            h = _mix(pre0 + np.uint64(2 * sd % (1 << 64)) * step)
+            out.append((h >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+    probe = s.head(8)
+    if not all(np.array_equal(d[: probe.len()], unit_floats(probe, sd)) for d, sd in zip(out, seeds)):
+        return [unit_floats(s, seed=sd) for sd in seeds]
+    return out
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (as :mod:`mmprep.hashing`)."""
+    with np.errstate(over="ignore"):
+        x = x + _G
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def as_list(df: pl.DataFrame, column: str) -> pl.Expr:
@@ -105,9 +195,76 @@ def as_conversations(df: pl.DataFrame, column: str) -> pl.Expr:
     raise ValueError(f"column {column!r} is {dt}, expected conversations (a list of {{from, value}} or a JSON string)")
 
 
+_ESC_PREFIX = '{"a":'
+
+
+def _json_generic(s: pl.Series) -> pl.Series:
+    """polars' own JSON encoding of each value (a null gives the text ``null``)."""
+    enc = pl.select(pl.struct(s.alias("a")).struct.json_encode()).to_series()
+    return enc.str.strip_prefix(_ESC_PREFIX).str.strip_suffix("}")
+
+
+_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+
+
+def _plain_numbers(s: pl.Series) -> bool:
+    """Numbers whose text (``cast(pl.String)``) is their JSON: no null, no NaN/inf."""
+    if s.null_count():
+        return False
+    if s.dtype in _INTS:
+        return True
+    if s.dtype in (pl.Float32, pl.Float64):
+        return bool(s.is_finite().all())
+    return False
+
+
+def json_fragments(s: pl.Series, n: int, sc: Scan | None = None) -> list:
+    """Fragments (Python strings, series of length ``n``) whose concatenation is, per row, the
+    JSON text of ``s``'s value (``null`` for a null), byte-identical to what
+    ``struct.json_encode`` writes. A series of length 1 with ``n != 1`` is a constant.
+
+    Fast paths: strings without a byte to escape are emitted as they are between quote
+    fragments (only the rows needing escapes go through polars' encoder); non-null finite
+    numbers and one-element lists of them (``gen_score: [x]``) through ``cast(pl.String)``.
+    Anything else through polars' encoder.
+    """
+    if s.len() == 1 and n != 1:
+        return [_json_generic(s)[0]]
+    dt = s.dtype
+    if dt == pl.Null:
+        return ["null"]
+    if dt == pl.String and not s.null_count():
+        bad = (sc or scan(s)).escape
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            inner = _json_generic(s.gather(idx)).str.strip_prefix('"').str.strip_suffix('"')
+            s = s.clone().scatter(idx, inner)
+        return ['"', s, '"']
+    if _plain_numbers(s):
+        return [s.cast(pl.String)]
+    if isinstance(dt, pl.List) and not s.null_count() and bool((s.list.len() == 1).all()):
+        inner = s.list.first()
+        if _plain_numbers(inner):
+            return ["[", inner.cast(pl.String), "]"]
+    return [_json_generic(s)]
+
+
+def _concat(frags: list, n: int) -> pl.Series:
+    """Concatenate fragments (Python strings: the same in every row; series of length n)."""
+    merged: list = []
+    for f in frags:
+        if isinstance(f, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += f
+        else:
+            merged.append(f)
+    if not any(isinstance(f, pl.Series) for f in merged):
+        return pl.repeat("".join(merged), n, dtype=pl.String, eager=True)
+    return pl.select(pl.concat_str([pl.lit(f) for f in merged])).to_series()
+
+
 def finish(
     df: pl.DataFrame,
-    fields: dict[str, pl.Expr],
+    fields: dict[str, pl.Expr | Conversation],
     *,
     column: str,
     optional: tuple[str, ...] = (),
@@ -115,31 +272,82 @@ def finish(
 ) -> pl.DataFrame:
     """Validate ``fields`` (name -> expression, payload order), encode them and add ``column``.
 
-    ``optional`` fields are left out of a row's JSON when null there (LaViDa-O only sets
-    ``image`` when it has one). Invalid rows get ``_reject_reason = llava_invalid`` and a
-    ``_reject_message`` naming the rule.
+    ``conversations`` is a :class:`Conversation` (fixed turns) or an expression giving a
+    ``list[struct{from, value}]``. ``optional`` fields (never the first) are left out of a
+    row's JSON when null there (LaViDa-O only sets ``image`` when it has one). Invalid rows
+    get ``_reject_reason = llava_invalid`` and a ``_reject_message`` naming the rule.
+
+    The JSON is assembled from per-field fragments (strings quoted directly unless they need
+    escaping; other values through polars' encoder), byte-identical to
+    ``pl.struct(fields).struct.json_encode()`` with null optional fields removed.
     """
+    n = df.height
     names = list(fields)
-    tmp = {n: f"{_TMP}{i}" for i, n in enumerate(names)}
-    work = df.with_columns([e.alias(tmp[n]) for n, e in fields.items()])
-    payload = pl.struct([pl.col(tmp[n]).alias(n) for n in names]).struct.json_encode()
-    for n in optional:
-        if n in fields:
-            # a key is always followed by ':'; inside a JSON string a '"' is escaped, so
-            # ',"name":null' can only be the field itself (never the first field: id is).
-            payload = payload.str.replace_all(f',"{n}":null', "", literal=True)
-    exprs = [payload.alias(column)]
-    if validate:
-        msg = validation_message(work.select([pl.col(tmp[n]).alias(n) for n in names]).schema, {n: pl.col(tmp[n]) for n in names})
-        reason = pl.when(msg.is_not_null()).then(pl.lit(REJECT)).otherwise(pl.lit(None, dtype=pl.String))
-        if REJECT_REASON in df.columns:
-            old_msg = pl.col(REJECT_MESSAGE) if REJECT_MESSAGE in df.columns else pl.lit(None, dtype=pl.String)
-            keep_old = pl.col(REJECT_REASON).is_not_null()
-            exprs.append(pl.when(keep_old).then(pl.col(REJECT_REASON)).otherwise(reason).alias(REJECT_REASON))
-            exprs.append(pl.when(keep_old).then(old_msg).otherwise(msg).alias(REJECT_MESSAGE))
+    # evaluate: every expression on its own, so a constant stays one value
+    vals: dict[str, pl.Series] = {}
+    turns: list[tuple[str, pl.Series, Scan | None]] = []
+    for name, e in fields.items():
+        if isinstance(e, Conversation):
+            for r, v in e.turns:
+                tv = df.select(v.cast(pl.String).alias("v")).to_series()
+                sc = scan(tv) if tv.len() == n and n > 1 and not tv.null_count() else None
+                turns.append((r, tv, sc))
         else:
-            exprs += [reason.alias(REJECT_REASON), msg.alias(REJECT_MESSAGE)]
-    return work.with_columns(exprs).drop(list(tmp.values()))
+            vals[name] = df.select(e.alias(name)).to_series()
+
+    frags: list = ["{"]
+    for i, name in enumerate(names):
+        key = json.dumps(name, ensure_ascii=False) + ":"
+        sep = "," if i else ""
+        e = fields[name]
+        if isinstance(e, Conversation):
+            frags.append(sep + key + "[")
+            for t, (role, v, sc) in enumerate(turns):
+                frags.append(("," if t else "") + '{"from":' + json.dumps(role, ensure_ascii=False) + ',"value":')
+                frags += json_fragments(v, n, sc)
+                frags.append("}")
+            frags.append("]")
+        elif i and name in optional and vals[name].null_count():
+            # left out where null: ',"name":<value>' or nothing
+            s = vals[name]
+            enc = _concat(json_fragments(s, n), n if s.len() == n else 1)
+            part = pl.select(pl.when(pl.lit(s).is_null()).then(pl.lit("")).otherwise(sep + key + pl.lit(enc))).to_series()
+            frags.append(part if part.len() == n or n == 1 else part[0])
+        else:
+            frags.append(sep + key)
+            frags += json_fragments(vals[name], n)
+    frags.append("}")
+    payload = _concat(frags, n).alias(column)
+
+    out = df.with_columns(payload)
+    if not validate:
+        return out
+    stats, roles = _stats(df, fields, vals, turns, n)
+    msg = V.messages(stats, roles).alias(REJECT_MESSAGE)
+    reason = pl.select(pl.when(pl.lit(msg).is_not_null()).then(pl.lit(REJECT)).otherwise(pl.lit(None, dtype=pl.String))).to_series()
+    reason = reason.alias(REJECT_REASON)
+    if REJECT_REASON in df.columns:
+        old_msg = pl.col(REJECT_MESSAGE) if REJECT_MESSAGE in df.columns else pl.lit(None, dtype=pl.String)
+        keep_old = pl.col(REJECT_REASON).is_not_null()
+        return out.with_columns(
+            pl.when(keep_old).then(pl.col(REJECT_REASON)).otherwise(pl.lit(reason)).alias(REJECT_REASON),
+            pl.when(keep_old).then(old_msg).otherwise(pl.lit(msg)).alias(REJECT_MESSAGE),
+        )
+    return out.with_columns(reason, msg)
+
+
+def _stats(df, fields, vals, turns, n) -> tuple[pl.DataFrame, str | None]:
+    """The validation statistics frame (:data:`validate.STATS`) and the constant roles string."""
+    used = [k for k in ("image", "image_gen", "image_gen_enc", "conversations") if k in vals]
+    cols = [vals[k] if vals[k].len() == n else vals[k].new_from_index(0, n) for k in used]
+    frame = pl.DataFrame([pl.repeat(0, n, dtype=pl.UInt8, eager=True).alias("__n"), *cols])
+    img = frame.with_columns(V.image_stats(frame.schema, {k: pl.col(k) for k in used})).select("n_img", "has_gen", "n_enc")
+    if isinstance(fields["conversations"], Conversation):
+        st = V.turn_stats(turns, n)
+        roles = st.pop("roles")
+        cols = {k: (v if isinstance(v, pl.Series) else pl.repeat(v, n, dtype=pl.UInt32, eager=True)) for k, v in st.items()}
+        return img.with_columns(**cols, roles=pl.lit(None, dtype=pl.String)), roles
+    return img.hstack(frame.select(V.list_stats(pl.col("conversations")))), None
 
 
 def id_expr(mode: str) -> pl.Expr:

@@ -89,6 +89,26 @@ def check_encoding(enc: str) -> str:
     return enc
 
 
+def encoded_size(enc: str) -> int | None:
+    """Fixed byte size of every value of an MDS encoding, or None (variable size):
+    ``streaming``'s ``get_mds_encoded_size`` without importing it (tests compare the two)."""
+    base, _, rest = enc.partition(":")
+    if base in _SCALARS and not rest:
+        return np.dtype(_SCALARS[base]).itemsize
+    if enc == "int":
+        return 8
+    if base == "ndarray" and rest:
+        parts = rest.split(":")
+        if not parts[0] or parts[0] not in _NDARRAY_DTYPES:
+            raise ValueError(f"{enc!r}: unknown ndarray dtype {parts[0]!r}")
+        if len(parts) < 2:
+            return None
+        return int(np.prod([int(d) for d in parts[1].split(",")])) * np.dtype(parts[0]).itemsize
+    if base not in _BASE_ENCODINGS or rest:
+        raise ValueError(f"Unsupported encoding: {enc}.")
+    return None
+
+
 # -- planning ----------------------------------------------------------------------------
 @dataclass
 class ColumnPlan:
@@ -194,10 +214,11 @@ def _split(buf: bytes, n: int, k: int) -> list[memoryview]:
 
 
 def _binary_views(series: pl.Series) -> list[memoryview]:
-    """Zero-copy per-row views of a Binary column (Arrow large_binary buffers).
+    """Zero-copy per-row views of a Binary column (Arrow binary-view or large_binary buffers).
 
-    Avoids materialising one Python ``bytes`` per row (a copy of every image and latent);
-    ``b"".join`` in the shard writer copies each value exactly once, into the shard.
+    Avoids materialising one Python ``bytes`` per row (a copy of every image and latent):
+    the shard writer hands the views to ``writev``, so each value is copied exactly once,
+    into the shard file.
     """
     import pyarrow as pa
 
@@ -210,16 +231,20 @@ def _binary_views(series: pl.Series) -> list[memoryview]:
         bufs = arr.buffers()
         n = len(arr)
         views = np.frombuffer(bufs[1], dtype=np.int32, count=4 * (arr.offset + n)).reshape(-1, 4)[arr.offset:]
-        vbytes = memoryview(bufs[1]).cast("B")  # pyarrow exports signed chars: view as unsigned bytes
         data = [memoryview(b).cast("B") if b is not None else None for b in bufs[2:]]
-        out = []
-        base = arr.offset * 16
-        for i, (ln, _, bi, off) in enumerate(views.tolist()):
-            if ln <= 12:
-                out.append(vbytes[base + i * 16 + 4:base + i * 16 + 4 + ln])
-            else:
-                out.append(data[bi][off:off + ln])
-        return out
+        lens = views[:, 0].astype(np.int64)
+        inline = lens <= 12
+        offs = views[:, 3].astype(np.int64)
+        if not inline.any():  # typical for images, latents: every value lives in a data buffer
+            bidx = views[:, 2]
+            if data and (bidx == 0).all():
+                d0 = data[0]
+                return [d0[a:b] for a, b in zip(offs.tolist(), (offs + lens).tolist())]
+            return [data[i][a:b] for i, a, b in zip(bidx.tolist(), offs.tolist(), (offs + lens).tolist())]
+        vbytes = memoryview(bufs[1]).cast("B")  # pyarrow exports signed chars: view as unsigned bytes
+        pos = (np.arange(arr.offset, arr.offset + n, dtype=np.int64) * 16 + 4).tolist()
+        return [vbytes[p:p + ln] if ln <= 12 else data[i][a:a + ln]
+                for p, ln, i, a in zip(pos, lens.tolist(), views[:, 2].tolist(), offs.tolist())]
     if not pa.types.is_large_binary(arr.type):
         arr = arr.cast(pa.large_binary())
     _, offs, data = arr.buffers()

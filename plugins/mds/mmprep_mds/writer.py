@@ -1,4 +1,5 @@
-"""The ``mds`` writer: one MosaicML ``MDSWriter`` per work unit, merged into one index.
+"""The ``mds`` writer: one MDS directory per work unit (byte-identical to what a MosaicML
+``MDSWriter`` writes, see :mod:`mmprep_mds.shards`), merged into one index.
 
 Layout under the writer's root (``OUT/<path>``)::
 
@@ -11,17 +12,16 @@ micro_diffusion's per-process ``out/<i>/`` directories merged with
 ``streaming.base.util.merge_index``.
 
 Crash safety: ``MDSWriter.__exit__`` calls ``finish()`` even when the ``with`` body raised,
-which writes a valid-looking ``index.json`` over partial data. This writer never uses it as
-a context manager: on any exception it cancels the writer's jobs and removes the unit's
-partial directory, so no index exists for an unfinished unit; the engine only moves the
-staged directory into place after ``write_unit`` returned.
+which writes a valid-looking ``index.json`` over partial data. This writer writes a unit's
+``index.json`` only after all its shards, and on any exception removes the unit's partial
+directory, so no index exists for an unfinished unit; the engine only moves the staged
+directory into place after ``write_unit`` returned.
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import shutil
-import struct
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from mmprep import UnitInfo, Writer, WriterOptions
 
 from . import encoding as E
 from .index import check_dataset, merge_unit_indexes
+from .shards import UnitShardWriter
 
 
 class MdsWriterOptions(WriterOptions):
@@ -121,36 +122,13 @@ class MdsWriterOptions(WriterOptions):
         return v
 
 
-def _mds_writer_class():
-    """A real ``MDSWriter`` whose samples arrive already encoded, column by column.
-
-    ``encode_sample`` receives the tuple of per-column byte strings (in the writer's
-    sorted column order) that :func:`encoding.encode_column` produced, and lays them out
-    exactly as ``MDSWriter.encode_sample`` does (uint32 sizes of the variable-size
-    columns, then the data), so shards are byte-identical to a plain MDSWriter's.
-    """
-    from streaming.base.format.mds.writer import MDSWriter
-
-    class PreEncodedMDSWriter(MDSWriter):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self._var = [i for i, s in enumerate(self.column_sizes) if s is None]
-            self._fixed = [(i, s) for i, s in enumerate(self.column_sizes) if s is not None]
-            self._head = struct.Struct(f"<{len(self._var)}I")
-
-        def encode_sample(self, parts):  # type: ignore[override]
-            var = self._var
-            return self._head.pack(*[len(parts[i]) for i in var]) + b"".join(parts)
-
-    return PreEncodedMDSWriter
-
-
 class MdsWriter(Writer):
-    """Write MosaicML MDS shards (one MDSWriter per unit, merged index.json; micro_diffusion presets)."""
+    """Write MosaicML MDS shards (one MDS directory per unit, merged index.json; micro_diffusion presets)."""
 
     name = "mds"
     Options = MdsWriterOptions
-    #: The MDSWriter loop is per-sample Python work: with workers > 1 units run in processes.
+    #: Shard writing is one memory copy per byte in one thread: with workers > 1 units run
+    #: in processes, so several units are written at once.
     per_sample = True
 
     # -- planning -------------------------------------------------------------------
@@ -231,34 +209,27 @@ class MdsWriter(Writer):
             shutil.rmtree(unit_dir)
         if df.height == 0:
             return {"samples": 0, "shards": 0, "bytes": 0, "columns": layout.mds_columns, "arrays": _arrays(layout)}
-        writer = None
+        encoded = None
+        # ~(columns x rows) short-lived memoryviews: a cyclic GC pass over a large heap in
+        # the middle of them costs more than the whole encoding, and they form no cycles.
+        gc_enabled = gc.isenabled()
+        gc.disable()
         try:
             encoded = layout.encode(df)  # before any file exists: bad values fail early
-            cls = _mds_writer_class()
             o = self.options
-            writer = cls(
-                columns=layout.mds_columns,
-                out=str(unit_dir),
-                compression=o.compression,
-                hashes=list(o.hashes),
-                size_limit=o.size_limit,
-                max_workers=1,
-            )
-            write = writer.write
-            for parts in zip(*encoded):
-                write(parts)
-            # Never `with MDSWriter(...)`: its __exit__ finishes (writes an index) on error too.
-            writer.finish()
-            writer = None
+            writer = UnitShardWriter(unit_dir, layout.mds_columns, compression=o.compression,
+                                     hashes=list(o.hashes), size_limit=o.size_limit)
+            writer.write_columns(encoded)
+            # index.json last, only after every shard was written (never MDSWriter's __exit__,
+            # which writes an index over partial data when the body raised)
+            index = writer.finish()
         except BaseException:
-            if writer is not None:
-                try:
-                    writer.cancel_future_jobs()
-                except Exception:
-                    pass
             shutil.rmtree(unit_dir, ignore_errors=True)
             raise
-        index = json.loads((unit_dir / "index.json").read_text())
+        finally:
+            encoded = None  # release the column buffers' views
+            if gc_enabled:
+                gc.enable()
         nbytes = sum(
             (sh.get("zip_data") or sh["raw_data"])["bytes"] for sh in index["shards"]
         )

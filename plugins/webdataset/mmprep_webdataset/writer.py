@@ -6,15 +6,20 @@ Modes
     ``write_unit`` writes the unit's samples, in row order, into the hidden top-level file
     ``.part-<unit>.tar`` (the engine moves it into ``OUT/<path>/`` atomically; a file, not a
     shared sub-directory, so parallel commits never touch each other's entries; hidden, so
-    ``*.tar`` globs such as NeMo's never see it). ``finalize`` repacks every
-    part in unit-index order into the final shards by copying member blocks byte for byte:
+    ``*.tar`` globs such as NeMo's never see it), plus ``.part-<unit>.json``, the byte offset
+    and key of every sample in the part. ``finalize`` repacks every
+    part in unit-index order into the final shards by copying member blocks byte for byte
+    (whole runs of samples as one byte range, located by the part index after a cheap check
+    of it against the part; a part without a valid index is scanned header by header):
     with ``samples_per_shard: N`` every shard but the last holds exactly N samples, whatever
     was rejected and however many workers ran; with ``max_shard_bytes`` a shard is closed
     before it would exceed the size; with neither, one shard per non-empty unit. Each shard
-    is written under a hidden temp name and renamed. ``shards.json`` lists every shard (name,
-    samples, bytes, first/last key, and the key list unless ``list_keys: false``); the parts
-    are deleted afterwards unless ``keep_parts``. Running finalize again gives the same
-    bytes (or is a no-op once the parts are gone and ``shards.json`` matches).
+    is written under a hidden temp name, fsynced (unless ``fsync: false``) and renamed; the
+    SHA-256 and the fsync + rename run on background threads while the next shard is copied.
+    ``shards.json`` lists every shard (name, samples, bytes, sha256, first/last key, and the
+    key list unless ``list_keys: false``); the parts are deleted afterwards unless
+    ``keep_parts``. Running finalize again gives the same bytes (or is a no-op once the parts
+    are gone and ``shards.json`` matches).
 ``sidecar``
     Rows come from the ``webdataset`` source (one unit = one input shard; the shard's URL is
     in ``shard_column``, the original key in ``key_column``). Writes ``<shard>_<suffix>.tar``
@@ -56,13 +61,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mmprep import UnitInfo, Writer, WriterOptions
 
 from ._tar import (
+    BLOCK,
     AtomicFile,
-    RawSample,
+    ShardCommitter,
     TarBuilder,
     TarDamage,
-    copy_range,
-    header,
-    padding,
     safe_key,
     scan_samples,
 )
@@ -72,6 +75,7 @@ KNOWN_EXTS = {
 }
 INDEX = "shards.json"
 PART_PREFIX = ".part-"
+PART_INDEX_FORMAT = "mmprep-webdataset-part/1"
 _NUMERIC = (pl.Float16, pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 
 
@@ -118,6 +122,11 @@ class WebDatasetWriterOptions(WriterOptions):
     )
     list_keys: bool = Field(default=True, description="Store each shard's key list in shards.json")
     keep_parts: bool = Field(default=False, description="Keep the per-unit part tars after finalize")
+    fsync: bool = Field(
+        default=True,
+        description="fsync each shard before renaming it into place, so a visible shard also survives a power loss "
+        "(false: the OS writes it back later, as webdataset's ShardWriter does; shards stay atomic for crashed processes)",
+    )
     # NeMo precache layout
     encodings: list[str] | None = Field(
         default=None, description="nemo-precache: columns stored as encodings (default: array columns and 'arrays')"
@@ -366,12 +375,18 @@ class WebDatasetWriter(Writer):
         rows = self._sample_members(df, cols)
         part = staging / f"{PART_PREFIX}{unit.id}.tar"
         staging.mkdir(parents=True, exist_ok=True)
+        starts = []
         with open(part, "wb", buffering=1 << 20) as f:
             tb = TarBuilder(f)
             for key, members in zip(keys, rows):
+                starts.append(tb.pos)
                 for ext, data in members:
                     tb.add(f"{key}.{ext}", data)
+            end = tb.pos
             tb.close()
+        # where each sample starts: finalize copies byte ranges without re-reading the headers
+        index = {"format": PART_INDEX_FORMAT, "bytes": tb.pos, "end": end, "keys": keys, "starts": starts}
+        (staging / _part_index_name(unit.id)).write_text(json.dumps(index, separators=(",", ":")))
         return {"samples": len(keys), "bytes": tb.pos, "part": part.name}
 
     # -- finalize ---------------------------------------------------------------------------
@@ -393,69 +408,69 @@ class WebDatasetWriter(Writer):
 
         shards: list[dict] = []
         cur: dict | None = None
-        builder: TarBuilder | None = None
-        af: AtomicFile | None = None
+        sink = None
         keys: list[str] = []
+        committer = ShardCommitter(fsync=o.fsync)
+        per_shard = o.samples_per_shard
 
         def open_shard():
-            nonlocal cur, builder, af, keys
+            nonlocal cur, sink, keys
             name = _shard_name(o.shard_pattern, o.start_shard + len(shards), o.pattern_vars)
-            af = AtomicFile(root / name)
-            builder = TarBuilder(af.__enter__())
+            sink = committer.open(root / name)
             cur = {"name": name, "samples": 0}
             keys = []
 
         def close_shard():
-            nonlocal cur, builder, af
+            nonlocal cur, sink
             if cur is None:
                 return
-            builder.close()
-            af.__exit__(None, None, None)
-            cur["bytes"] = builder.pos
-            cur["sha256"] = _sha256(root / cur["name"])  # verify detects any flipped byte
+            sink.close()  # fsync + rename in the background; the digest is filled in below
+            cur["bytes"] = sink.pos
+            cur["sha256"] = None  # verify detects any flipped byte
             cur["first_key"], cur["last_key"] = (keys[0], keys[-1]) if keys else (None, None)
             if o.list_keys:
                 cur["keys"] = list(keys)
             shards.append(cur)
-            cur = builder = af = None
+            cur = sink = None
 
         try:
             for (unit, rows), part in zip(units, parts):
-                with open(part, "rb") as src:
-                    samples, damage = scan_samples(src, str(part))
-                    if damage:
-                        raise TarDamage(damage)
-                    if len(samples) != rows:
-                        raise ValueError(f"{part}: {len(samples)} samples, the unit record says {rows}")
+                pkeys, starts, ends = _part_samples(part, unit, rows)
+                n = len(pkeys)
+                fd = os.open(part, os.O_RDONLY)
+                try:
                     i = 0
-                    while i < len(samples):
+                    while i < n:
                         if cur is None:
                             open_shard()
                         # take a run of samples for this shard and copy it as one byte range
-                        j = i
-                        size = builder.pos
-                        while j < len(samples):
-                            s = samples[j]
-                            if o.samples_per_shard and cur["samples"] + (j - i) >= o.samples_per_shard:
-                                break
-                            if o.max_shard_bytes and (j > i or cur["samples"]) and size + (s.end - s.start) + 2 * 512 > o.max_shard_bytes:
-                                break
-                            size += s.end - s.start
-                            j += 1
+                        if not o.max_shard_bytes:
+                            j = min(n, i + per_shard - cur["samples"]) if per_shard else n
+                        else:
+                            j = i
+                            size = sink.pos
+                            while j < n:
+                                sz = ends[j] - starts[j]
+                                if (j > i or cur["samples"]) and size + sz + 2 * BLOCK > o.max_shard_bytes:
+                                    break
+                                size += sz
+                                j += 1
                         if j > i:
-                            nmem = sum(len(s.members) for s in samples[i:j])
-                            copy_range(src, builder, samples[i].start, samples[j - 1].end, nmem)
+                            sink.copy_from(fd, starts[i], ends[j - 1])
                             cur["samples"] += j - i
-                            keys.extend(s.key for s in samples[i:j])
+                            keys.extend(pkeys[i:j])
                             i = j
-                        if i < len(samples) or (o.samples_per_shard and cur["samples"] >= o.samples_per_shard):
+                        if i < n or (per_shard and cur["samples"] >= per_shard):
                             close_shard()
-                if not o.samples_per_shard and not o.max_shard_bytes:
+                finally:
+                    os.close(fd)
+                if not per_shard and not o.max_shard_bytes:
                     close_shard()
             close_shard()
+            for s, digest in zip(shards, committer.results()):
+                s["sha256"] = digest
         except BaseException:
-            if af is not None:
-                af.__exit__(RuntimeError, None, None)
+            committer.abort()
             raise
 
         index = {
@@ -478,8 +493,9 @@ class WebDatasetWriter(Writer):
                     (root / s["name"]).unlink(missing_ok=True)
         _write_atomic(root / INDEX, json.dumps(index, indent=1).encode())
         if not o.keep_parts:
-            for p in parts:
+            for (u, _), p in zip(units, parts):
                 p.unlink(missing_ok=True)
+                (root / _part_index_name(u)).unlink(missing_ok=True)
         return self._info(index)
 
     def _wdinfo(self, shards: list[dict]) -> dict:
@@ -605,6 +621,55 @@ class WebDatasetWriter(Writer):
     # -- verify ---------------------------------------------------------------------------------
     def verify(self, root: Path, manifest: dict[str, Any]) -> list[str]:
         return verify_output(self.options, Path(root), manifest)
+
+
+def _part_index_name(unit_id: str) -> str:
+    return f"{PART_PREFIX}{unit_id}.json"
+
+
+def _part_samples(part: Path, unit_id: str, rows: int) -> tuple[list[str], list[int], list[int]]:
+    """(keys, start offsets, end offsets) of the samples of a unit's part tar.
+
+    From the index ``write_unit`` left beside the part, after checking it against the part
+    (size, count, a ustar header naming the key at every sample start, the end-of-archive
+    block); a part without a usable index is scanned header by header instead.
+    """
+    n = None
+    try:
+        idx = json.loads((part.parent / _part_index_name(unit_id)).read_text())
+        keys, starts, end = idx["keys"], idx["starts"], idx["end"]
+        if idx.get("format") == PART_INDEX_FORMAT and idx["bytes"] == part.stat().st_size and len(keys) == len(starts) == rows:
+            n = rows
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if n is not None and _index_matches(part, keys, starts, end):
+        return keys, starts, starts[1:] + [end]
+    with open(part, "rb") as src:
+        samples, damage = scan_samples(src, str(part))
+    if damage:
+        raise TarDamage(damage)
+    if len(samples) != rows:
+        raise ValueError(f"{part}: {len(samples)} samples, the unit record says {rows}")
+    for s in samples:
+        if not s.contiguous():
+            raise ValueError(f"{part}: members of sample {s.key!r} are not contiguous")
+    return [s.key for s in samples], [s.start for s in samples], [s.end for s in samples]
+
+
+def _index_matches(part: Path, keys: list[str], starts: list[int], end: int) -> bool:
+    if any(b <= a for a, b in zip(starts, starts[1:] + [end])) or (starts and starts[0] != 0) or end % BLOCK:
+        return False
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        for k, st in zip(keys, starts):
+            blk = os.pread(fd, BLOCK, st)
+            if len(blk) != BLOCK or blk[257:262] != b"ustar":
+                return False
+            if blk[156:157] != b"x" and not blk.startswith(k.encode() + b"."):  # 'x': pax header, long name
+                return False
+        return os.pread(fd, BLOCK, end) == b"\0" * BLOCK
+    finally:
+        os.close(fd)
 
 
 def _check_alignment(url: str, shard_keys: list[str], row_keys: list[str]) -> None:
