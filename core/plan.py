@@ -89,6 +89,7 @@ def analyse(pipeline: Pipeline) -> list[DatasetPlan]:
     """
     plans: list[DatasetPlan] = []
     errors: list[str] = []
+    schemas: list[pl.Schema] = []
     seed = pipeline.run_options.seed
     for i, ds in enumerate(pipeline.datasets):
         dp = DatasetPlan(i, ds)
@@ -111,6 +112,7 @@ def analyse(pipeline: Pipeline) -> list[DatasetPlan]:
         except ConfigError as e:
             errors.extend(m if m.startswith("datasets[") else f"datasets[{i}].source.{m}" for m in e.errors)
             continue
+        schemas.append(schema)
         errs = filter_schema_errors(i, ds, schema)
         if errs:
             errors.extend(errs)
@@ -121,10 +123,26 @@ def analyse(pipeline: Pipeline) -> list[DatasetPlan]:
             errors.extend(e.errors)
         except pl.exceptions.PolarsError as e:
             errors.append(f"datasets[{i}]: cannot evaluate the dataset's filters/sampling: {type(e).__name__}: {e}")
+    if not errors and schemas and len(schemas) == len(plans):  # every dataset a table: columns known
+        errors.extend(_media_column_errors(pipeline, schemas))
     if errors:
         raise ConfigError(errors, pipeline.source_path)
     _check_concat(plans, pipeline)
     return plans
+
+
+def _media_column_errors(pipeline: Pipeline, schemas: list[pl.Schema]) -> list[str]:
+    """The media stage's extra image columns must exist in at least one dataset (datasets
+    without one get no images of it)."""
+    media = getattr(pipeline, "media", None)
+    if media is None:
+        return []
+    names = sorted({n for s in schemas for n in s.names()})
+    return [
+        f"media.extra_image_columns[{j}]: column {c!r} not found in any dataset (available: {', '.join(names) or 'none'})"
+        for j, c in enumerate(media.options.extra_image_columns)
+        if not any(c in s for s in schemas)
+    ]
 
 
 def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int) -> None:

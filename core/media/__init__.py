@@ -10,7 +10,12 @@ Configured by the pipeline's ``media:`` section (:class:`MediaOptions`). The eng
   size after EXIF orientation), ``stored_width``/``stored_height``, ``image_format``,
   ``animated``, optionally the hash column and ``bucket_id``/``bucket_width``/``bucket_height``;
   failures set ``_reject_reason``/``_reject_message`` (see :data:`REASONS`). Rows that arrive
-  already rejected are left untouched.
+  already rejected are left untouched;
+* every ``extra_image_columns`` entry (one path, or a list of paths, per row) is fetched and
+  processed with the same policy into ``<column>_media`` (binary, or a list in the same
+  order); any failing image rejects its row with the image's reason, the message naming the
+  column and position (``input_paths[1]: ...``). They are fetched only for rows the main
+  image did not reject.
 
 Fetches run in a bounded thread pool (``threads``; ``per_host`` per host) ahead of decoding,
 at most ``in_flight`` samples at a time, so a worker's memory is bounded by its in-flight
@@ -61,7 +66,10 @@ REASONS: dict[str, str] = {
     "animated": "animated image while animated: reject",
 }
 
-__all__ = ["MediaStage", "MediaOptions", "RETRYABLE_REASONS", "REASONS", "Reject", "FetchError", "Fetcher", "process_image"]
+#: Suffix of the column the encoded images of an ``extra_image_columns`` entry go to.
+EXTRA_SUFFIX = "_media"
+
+__all__ = ["EXTRA_SUFFIX", "MediaStage", "MediaOptions", "RETRYABLE_REASONS", "REASONS", "Reject", "FetchError", "Fetcher", "process_image"]
 
 
 class MediaStage:
@@ -96,11 +104,12 @@ class MediaStage:
 
     def required_columns(self) -> list[str]:
         o = self.options
+        extra = list(o.extra_image_columns)
         if o.input == "path":
-            return [o.path_column]
+            return [o.path_column, *extra]
         if o.input == "bytes":
-            return [o.bytes_column]
-        return []
+            return [o.bytes_column, *extra]
+        return extra
 
     # -- helpers -----------------------------------------------------------------------
     def scrub(self, text: str) -> str:
@@ -204,39 +213,124 @@ class MediaStage:
             if prior[i] is None and data_in[i] is not None:
                 finish(i, data_in[i], None)
 
-        if todo:
-            fetcher = self.fetcher()
-            window = o.in_flight or 2 * o.threads
+        self._fetch_all(todo, finish, stats)
+        fetched = len(todo)
+        extra_cols = []
+        for c in o.extra_image_columns:
+            series, n_fetched = self._extra_images(df, c, reasons, messages, stats)
+            extra_cols.append(series)
+            fetched += n_fetched
+        self.last_stats = {"fetched": fetched, "attempts": stats.attempts, "retries": stats.retries, "waited_s": round(stats.waited, 3)}
+        out = self._frame(df, results, reasons, messages, hashes, prior, data_in)
+        return out.with_columns(extra_cols) if extra_cols else out
 
-            def job(url: str) -> tuple[bytes | None, FetchError | None, FetchStats]:
-                st = FetchStats()
-                try:
-                    return fetcher.fetch(url, st), None, st
-                except FetchError as e:
-                    return None, e, st
-                except Exception as e:  # never let one sample fail the unit
-                    return None, FetchError("connection_error", f"{type(e).__name__}: {self.scrub(str(e))[:300]}"), st
+    def _fetch_all(self, todo: list[tuple[int, str]], finish, stats: FetchStats) -> None:
+        """Fetch every ``(slot, url)`` of ``todo`` on the thread pool, at most ``in_flight`` at a
+        time, and call ``finish(slot, data, error)`` in ``todo`` order on this thread."""
+        if not todo:
+            return
+        o = self.options
+        fetcher = self.fetcher()
+        window = o.in_flight or 2 * o.threads
 
-            with ThreadPoolExecutor(max_workers=min(o.threads, len(todo)), thread_name_prefix="mmprep-fetch") as pool:
-                pending: deque = deque()
-                it = iter(todo)
-                for i, url in it:
-                    pending.append((i, pool.submit(job, url)))
-                    if len(pending) >= window:
-                        break
-                while pending:
-                    i, fut = pending.popleft()
-                    data, err, st = fut.result()
-                    stats.attempts += st.attempts
-                    stats.retries += st.retries
-                    stats.waited += st.waited
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append((nxt[0], pool.submit(job, nxt[1])))
-                    finish(i, data, err)
-                    del data
-        self.last_stats = {"fetched": len(todo), "attempts": stats.attempts, "retries": stats.retries, "waited_s": round(stats.waited, 3)}
-        return self._frame(df, results, reasons, messages, hashes, prior, data_in)
+        def job(url: str) -> tuple[bytes | None, FetchError | None, FetchStats]:
+            st = FetchStats()
+            try:
+                return fetcher.fetch(url, st), None, st
+            except FetchError as e:
+                return None, e, st
+            except Exception as e:  # never let one sample fail the unit
+                return None, FetchError("connection_error", f"{type(e).__name__}: {self.scrub(str(e))[:300]}"), st
+
+        with ThreadPoolExecutor(max_workers=min(o.threads, len(todo)), thread_name_prefix="mmprep-fetch") as pool:
+            pending: deque = deque()
+            it = iter(todo)
+            for i, url in it:
+                pending.append((i, pool.submit(job, url)))
+                if len(pending) >= window:
+                    break
+            while pending:
+                i, fut = pending.popleft()
+                data, err, st = fut.result()
+                stats.attempts += st.attempts
+                stats.retries += st.retries
+                stats.waited += st.waited
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(job, nxt[1])))
+                finish(i, data, err)
+                del data
+
+    def _extra_images(self, df: pl.DataFrame, col: str, reasons: list, messages: list, stats: FetchStats) -> tuple[pl.Series, int]:
+        """Materialise one of ``extra_image_columns`` for the rows still accepted: returns the
+        ``<col>_media`` series and the number of images fetched; failures reject their row."""
+        o = self.options
+        if col not in df.columns:
+            # a partitioned source's rows (their columns are only known here)
+            raise KeyError(f"media stage: extra_image_columns entry {col!r} not in the rows (have {df.columns})")
+        dtype = df.schema[col]
+        out_name = f"{col}{EXTRA_SUFFIX}"
+        c = pl.col(col)
+        if isinstance(dtype, (pl.List, pl.Array)):
+            is_list, values = True, c.cast(pl.List(pl.String))
+        elif dtype in (pl.String, pl.Categorical, pl.Null):
+            c = c.cast(pl.String)
+            # a column of JSON-encoded lists ('["a.jpg", "b.jpg"]', as LaViDa-O parquets have) is a list column
+            is_list = bool(df.select(c.str.starts_with("[").any()).item())
+            values = (
+                pl.when(c.is_null()).then(pl.lit(None, dtype=pl.List(pl.String)))
+                .when(c.str.starts_with("[")).then(c.str.json_decode(pl.List(pl.String)))
+                .otherwise(pl.concat_list([c]))
+            ) if is_list else c
+        else:
+            raise KeyError(f"media stage: extra image column {col!r} must hold paths (a string or a list of strings), not {dtype}")
+        # one row per image: (row, position, resolved path); null/empty lists contribute none
+        flat = df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), values.alias(col))
+        null_rows = flat[col].is_null().to_list()
+        if is_list:
+            flat = flat.filter(pl.col(col).list.len() > 0).explode(col)
+        else:
+            flat = flat.filter(pl.col(col).is_not_null())
+        flat = flat.with_columns(pl.int_range(pl.len()).over("_row").alias("_pos"), self.resolve_expr(col).alias("_url"))
+        rows, pos, urls = flat["_row"].to_list(), flat["_pos"].to_list(), flat["_url"].to_list()
+        data: list[bytes | None] = [None] * len(rows)
+
+        def fail(k: int, reason: str, message: str) -> None:
+            r = rows[k]
+            if reasons[r] is None:  # the row's first failure names it
+                where = f"{col}[{pos[k]}]" if is_list else col
+                reasons[r], messages[r] = reason, f"{where}: {message}"
+
+        def finish(k: int, raw: bytes | None, err: FetchError | None) -> None:
+            if reasons[rows[k]] is not None:
+                return  # an earlier image of this row failed: no work for the rest
+            if err is not None:
+                fail(k, err.reason, self.scrub(err.message))
+                return
+            try:
+                data[k] = process_image(raw, o, self._buckets).data
+            except Reject as e:
+                fail(k, e.reason, self.scrub(e.message))
+
+        todo = []
+        for k, (r, url) in enumerate(zip(rows, urls)):
+            if reasons[r] is not None:
+                continue
+            if url is None:
+                fail(k, "missing_image", "null path in the list")
+                continue
+            todo.append((k, url))
+        self._fetch_all(todo, finish, stats)
+        n = df.height
+        if not is_list:
+            values: list[Any] = [None] * n
+            for r, d in zip(rows, data):
+                values[r] = d
+            return pl.Series(out_name, values, dtype=pl.Binary), len(todo)
+        lists: list[Any] = [None if null else [] for null in null_rows]
+        for r, d in zip(rows, data):
+            lists[r].append(d)
+        return pl.Series(out_name, lists, dtype=pl.List(pl.Binary)), len(todo)
 
     def _frame(self, df, results, reasons, messages, hashes, prior, data_in) -> pl.DataFrame:
         o = self.options

@@ -39,6 +39,13 @@ class MediaOptions(Options):
     )
     path_column: str = Field(default="image_path", description="Column with the image location (path or fsspec URL)")
     bytes_column: str = Field(default="image_bytes", description="Column with already loaded image bytes (input) and the encoded image (output)")
+    extra_image_columns: list[str] = Field(
+        default_factory=list,
+        description="More image columns to materialise with the same fetch/check/resize/encode policy: each holds "
+        "one path or a list of paths per row (multi-image samples, edit inputs/targets); the encoded images go to "
+        "'<column>_media' (binary, or a list in the same order). A row is rejected when any of its images fails "
+        "(the image's reason; the message names the column and position); null or empty values stay null/empty",
+    )
     root: str | None = Field(
         default=None,
         description="Prefix for relative image paths: a local directory (relative to the pipeline file) or a URL prefix "
@@ -150,6 +157,11 @@ class MediaOptions(Options):
     def _check(self):
         if self.verify_hash_column and self.hash is None:
             self.hash = "sha256"
+        for c in self.extra_image_columns:
+            if c in (self.path_column, self.bytes_column) or f"{c}_media" in (self.path_column, self.bytes_column):
+                raise ValueError(f"extra_image_columns: {c!r} is the main image's column (path_column/bytes_column)")
+        if len(set(self.extra_image_columns)) != len(self.extra_image_columns):
+            raise ValueError("extra_image_columns: a column is listed twice")
         return self
 
     @field_serializer("storage_options", "headers")

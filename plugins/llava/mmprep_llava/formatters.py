@@ -262,7 +262,7 @@ class UnderstandingFormatter(LlavaFormatter):
 
     def fields(self, df):
         o = self.options
-        img = P.media_path(df, P.join_prefix(pl.col(o.image_column).cast(pl.String), o.s3_prefix))
+        img = P.media_path(df, P.join_prefix(pl.col(o.image_column).cast(pl.String), o.s3_prefix), o.image_column)
         return {
             "id": P.id_expr(o.id),
             "conversations": P.as_conversations(df, o.conversations_column),
@@ -297,6 +297,7 @@ class MultiImageFormatter(LlavaFormatter):
         new_first = pl.struct(first.struct.field("from"), q.alias("value"))
         conv = pl.when(conv.list.len() > 0).then(pl.concat_list([new_first, conv.list.slice(1)])).otherwise(conv)
         images = P.as_list(df, o.image_column).list.eval(P.join_prefix(pl.element(), o.s3_prefix))
+        images = P.media_list(df, images, o.image_column)
         return {"id": P.id_expr(o.id), "conversations": conv, "image": images}, ("image",)
 
 
@@ -325,6 +326,7 @@ class EditFormatter(LlavaFormatter):
     def fields(self, df):
         o = self.options
         inputs = P.as_list(df, o.input_column).list.eval(P.join_prefix(pl.element(), o.s3_prefix))
+        inputs = P.media_list(df, inputs, o.input_column)
         target = P.join_prefix(pl.col(o.output_column).cast(pl.String), o.s3_prefix)
         n = inputs.list.len().fill_null(0)
         template = pl.lit("") if o.no_template else pl.lit("<image> <image_gen_enc> ").repeat_by(n).list.join("")
@@ -334,7 +336,7 @@ class EditFormatter(LlavaFormatter):
             "id": P.id_expr(o.id),
             "image_gen_enc": inputs,
             "image": inputs,
-            "image_gen": P.media_path(df, target),
+            "image_gen": P.media_path(df, target, o.output_column),
             "pad_image_gen": pl.lit(True),
         }
         if o.pixel_diff is not None:
@@ -395,15 +397,18 @@ class TemplateFormatter(LlavaFormatter):
         optional: list[str] = []
         if o.image:
             if isinstance(df.schema[o.image], (pl.List, pl.Array)):
-                f["image"] = P.as_list(df, o.image).list.eval(P.join_prefix(pl.element(), o.image_prefix))
+                f["image"] = P.media_list(df, P.as_list(df, o.image).list.eval(P.join_prefix(pl.element(), o.image_prefix)), o.image)
             else:
-                f["image"] = P.media_path(df, P.join_prefix(pl.col(o.image).cast(pl.String), o.image_prefix))
+                f["image"] = P.media_path(df, P.join_prefix(pl.col(o.image).cast(pl.String), o.image_prefix), o.image)
             optional.append("image")
         if o.image_gen_enc:
-            f["image_gen_enc"] = P.as_list(df, o.image_gen_enc).list.eval(P.join_prefix(pl.element(), o.image_prefix))
+            f["image_gen_enc"] = P.media_list(df, P.as_list(df, o.image_gen_enc).list.eval(P.join_prefix(pl.element(), o.image_prefix)), o.image_gen_enc)
         if o.image_gen:
             gen = P.join_prefix(pl.col(o.image_gen).cast(pl.String), o.image_prefix)
-            f["image_gen"] = gen if o.image else P.media_path(df, gen)
+            # the main image_bytes belongs to `image` when both are set; image_gen takes its own
+            # extra column's bytes when the media stage made them
+            extra = f"{o.image_gen}{P.EXTRA_BYTES_SUFFIX}" in df.columns
+            f["image_gen"] = P.media_path(df, gen, o.image_gen) if (extra or not o.image) else gen
         f["conversations"] = P.conversation(df, *((t.role, template_expr(t.value, o.null)) for t in o.conversations))
         for k, c in o.extra.items():
             f[k] = pl.col(c)
@@ -426,15 +431,22 @@ class PassthroughFormatter(LlavaFormatter):
     def fields(self, df):
         o = self.options
         skip = {"key", "dataset", "id", o.column, "image_bytes", "_reject_reason", "_reject_message", "width", "height"}
+        # the media stage's bytes of extra_image_columns (<c>_media beside c) are files, not fields
+        skip |= {c for c in df.columns if c.endswith(P.EXTRA_BYTES_SUFFIX) and c[: -len(P.EXTRA_BYTES_SUFFIX)] in df.columns}
         ident = pl.col("id").cast(pl.String) if o.keep_id and "id" in df.columns else P.id_expr(o.id)
         f: dict[str, pl.Expr] = {"id": ident}
         for c in df.columns:
             if c in skip or c.startswith("__"):
                 continue
+            dt = df.schema[c]
             if c == "conversations":
                 f[c] = P.as_conversations(df, c)
-            elif c == "image" and df.schema[c] == pl.String:
-                f[c] = P.media_path(df, pl.col(c))
+            elif c == "image" and dt == pl.String:
+                f[c] = P.media_path(df, pl.col(c), c)
+            elif c == "image_gen" and dt == pl.String and f"{c}{P.EXTRA_BYTES_SUFFIX}" in df.columns:
+                f[c] = P.media_path(df, pl.col(c), c)
+            elif c in ("image", "image_gen_enc") and isinstance(dt, (pl.List, pl.Array)):
+                f[c] = P.media_list(df, pl.col(c).cast(pl.List(pl.String)), c)
             else:
                 f[c] = pl.col(c)
         return f, tuple(c for c in f if c not in ("id", "conversations"))

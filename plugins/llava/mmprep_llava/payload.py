@@ -354,16 +354,69 @@ def id_expr(mode: str) -> pl.Expr:
     return pl.lit(CONSTANT_ID) if mode == "constant" else pl.col("key").cast(pl.String)
 
 
-def media_path(df: pl.DataFrame, original: pl.Expr) -> pl.Expr:
-    """With the media stage's ``image_bytes`` present: a placeholder the llava writers turn into
-    the path of the materialised image file; otherwise the original path."""
-    if "image_bytes" not in df.columns:
-        return original
-    b = pl.col("image_bytes")
-    ext = (
+def _ext(b: pl.Expr) -> pl.Expr:
+    """File extension of encoded image bytes, from their magic number."""
+    return (
         pl.when(b.bin.starts_with(b"\x89PNG")).then(pl.lit("png"))
         .when(b.bin.starts_with(b"RIFF")).then(pl.lit("webp"))
         .when(b.bin.starts_with(b"GIF8")).then(pl.lit("gif"))
         .otherwise(pl.lit("jpg"))
     )
-    return pl.when(b.is_null()).then(original).otherwise(pl.concat_str([pl.lit(MEDIA_SCHEME), pl.col("key"), pl.lit("."), ext]))
+
+
+#: Suffix of the columns the media stage fills for ``extra_image_columns`` (``<column>_media``;
+#: ``mmprep.media.EXTRA_SUFFIX``, not imported to keep this module's import light).
+EXTRA_BYTES_SUFFIX = "_media"
+_SEP = "\x1f"  # joins list names inside one string while they are built (never in a key)
+
+
+def media_files(df: pl.DataFrame, column: str) -> pl.Expr:
+    """File names (under ``images/``) of the images in bytes column ``column``:
+
+    * ``image_bytes`` (the media stage's main image): ``<key>.<ext>``;
+    * ``<c>_media`` holding one image: ``<key>-<c>.<ext>``;
+    * ``<c>_media`` holding a list: the list ``<key>-<c>-<i>.<ext>`` (i = position).
+
+    Null where there are no bytes. The formatters' placeholders and the writers' files both
+    come from here, so they always agree."""
+    b = pl.col(column)
+    key = pl.col("key").cast(pl.String)
+    if column == "image_bytes":
+        return pl.when(b.is_null()).then(pl.lit(None, dtype=pl.String)).otherwise(pl.concat_str([key, pl.lit("."), _ext(b)]))
+    stem = column[: -len(EXTRA_BYTES_SUFFIX)] if column.endswith(EXTRA_BYTES_SUFFIX) else column
+    if not isinstance(df.schema[column], (pl.List, pl.Array)):
+        return pl.when(b.is_null()).then(pl.lit(None, dtype=pl.String)).otherwise(pl.concat_str([key, pl.lit(f"-{stem}."), _ext(b)]))
+    prefix = pl.concat_str([key, pl.lit(f"-{stem}-")])
+    suffixes = b.list.eval(pl.concat_str([pl.int_range(pl.len()).cast(pl.String), pl.lit("."), _ext(pl.element())]))
+    names = pl.concat_str([prefix, suffixes.list.join(pl.lit(_SEP) + prefix)]).str.split(_SEP)
+    return pl.when(b.list.len() == 0).then(pl.lit([], dtype=pl.List(pl.String))).otherwise(names)
+
+
+def media_path(df: pl.DataFrame, original: pl.Expr, column: str | None = None) -> pl.Expr:
+    """A placeholder the llava writers turn into the path of the materialised image file, or
+    the original path where nothing was materialised.
+
+    The image comes from ``<column>_media`` when the media stage filled it
+    (``extra_image_columns``), else from the main ``image_bytes``."""
+    bcol = f"{column}{EXTRA_BYTES_SUFFIX}" if column else None
+    if bcol is None or bcol not in df.columns:
+        bcol = "image_bytes"
+    if bcol not in df.columns:
+        return original
+    if isinstance(df.schema[bcol], (pl.List, pl.Array)):
+        return media_list(df, pl.concat_list([original]), column).list.first()
+    names = media_files(df, bcol)
+    return pl.when(names.is_null()).then(original).otherwise(pl.lit(MEDIA_SCHEME) + names)
+
+
+def media_list(df: pl.DataFrame, original: pl.Expr, column: str | None) -> pl.Expr:
+    """A list of image paths: placeholders for the images the media stage materialised from
+    ``column`` (``<column>_media``, a list or one image), else the original list."""
+    bcol = f"{column}{EXTRA_BYTES_SUFFIX}" if column else None
+    if bcol is None or bcol not in df.columns:
+        return original
+    names = media_files(df, bcol)
+    if not isinstance(df.schema[bcol], (pl.List, pl.Array)):
+        names = pl.when(names.is_null()).then(pl.lit(None, dtype=pl.List(pl.String))).otherwise(pl.concat_list([names]))
+    placeholders = names.list.eval(pl.lit(MEDIA_SCHEME) + pl.element())
+    return pl.when(names.is_null()).then(original).otherwise(placeholders)

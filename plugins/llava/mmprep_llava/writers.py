@@ -15,11 +15,19 @@ Layout under the writer's root (``OUT/<path>``):
   ``weights`` and ``batch_sizes``.
 
 Merged files are written to a temporary name and renamed, so a reader never sees a partial
-file, and ``finalize`` can run again. With the media stage on (``image_bytes`` present), each
-row's image is written to ``images/<key>.<ext>`` and the payload path (the formatter's
-``mmprep-media://`` placeholder) is rewritten to it: to ``image_base`` when set, else to the
-absolute path under the run's output when known, else to ``images/<key>.<ext>`` relative to
-the writer root.
+file, and ``finalize`` can run again.
+
+Images: with the media stage on, every image it materialised is written as a file and the
+payload paths (the formatters' ``mmprep-media://`` placeholders) are rewritten to it. The
+main image (``image_bytes``) becomes ``<key>.<ext>``; an image of one of the media stage's
+``extra_image_columns`` ``c`` (``c_media``: multi-image lists, edit inputs and targets)
+becomes ``<key>-<c>.<ext>``, or ``<key>-<c>-<i>.<ext>`` for the i-th image of a list. The
+files go to ``images/`` under the writer root (committed with the unit), or to
+``images_url`` (any directory or fsspec URL, e.g. ``s3://bucket/llava-images/``: written
+during the unit, each file atomically — a temp name then a rename locally, one PUT on an
+object store — with deterministic names, so a redone unit rewrites the same files). Payload
+paths get ``image_base`` when set, else ``images_url``, else the absolute path of ``images/``
+under the run's output when known, else ``images/`` relative to the writer root.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from pydantic import Field, model_validator
 
 from mmprep import Options, UnitInfo, Writer, WriterOptions
 from mmprep.config import slugify
+from mmprep.storage import is_local, url_filesystem
 
-from .payload import MEDIA_SCHEME
+from .payload import EXTRA_BYTES_SUFFIX, MEDIA_SCHEME
 
 PARTS = "_parts"
 
@@ -58,7 +67,12 @@ class LlavaWriterOptions(WriterOptions):
     by_dataset: bool = Field(default=False, description="One file per dataset instead of one for all")
     data_yaml: DataYamlOptions | None = Field(default=None, description="Also write a LaViDa-O data YAML (implies by_dataset and merged files)")
     images: bool = Field(default=True, description="With image_bytes present, write images/<key>.<ext> and point the payloads at them")
-    image_base: str | None = Field(default=None, description="Prefix of rewritten image paths (default: absolute path of images/ when known)")
+    image_base: str | None = Field(default=None, description="Prefix of rewritten image paths (default: images_url, else the absolute path of images/ when known)")
+    images_url: str | None = Field(
+        default=None,
+        description="Write the images to this directory or fsspec URL (e.g. s3://bucket/llava-images/) instead of images/ under the writer root",
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for images_url (credentials, endpoint); masked in everything stored")
 
     @model_validator(mode="after")
     def _yaml(self):
@@ -77,6 +91,19 @@ class LlavaJsonlOptions(LlavaWriterOptions):
         return self
 
 
+def _image_columns(df: pl.DataFrame) -> list[str]:
+    """The media stage's image bytes in the rows: ``image_bytes`` and every ``<c>_media`` of its
+    ``extra_image_columns`` (recognised by ``c`` beside it), binary or lists of binary."""
+    out = []
+    for c, dt in df.schema.items():
+        inner = dt.inner if isinstance(dt, (pl.List, pl.Array)) else dt
+        if inner != pl.Binary:
+            continue
+        if c == "image_bytes" or (c.endswith(EXTRA_BYTES_SUFFIX) and c[: -len(EXTRA_BYTES_SUFFIX)] in df.columns):
+            out.append(c)
+    return out
+
+
 class _LlavaWriter(Writer):
     """Shared logic of the LLaVA writers."""
 
@@ -90,10 +117,16 @@ class _LlavaWriter(Writer):
             return f"{base}{slug}/part-{unit_id}.jsonl"
         return f"{base}part-{unit_id}.jsonl"
 
+    def _images_url(self) -> str | None:
+        u = self.options.images_url
+        return None if u is None else self.context.resolve(u).rstrip("/")
+
     def _image_prefix(self) -> str:
         o = self.options
         if o.image_base:
             return o.image_base.rstrip("/") + "/"
+        if o.images_url:
+            return self._images_url() + "/"
         out = getattr(self.context, "out", None)
         if out:
             return str((Path(out) / o.path / "images").resolve()) + "/"
@@ -101,11 +134,13 @@ class _LlavaWriter(Writer):
 
     def write_unit(self, df: pl.DataFrame, unit: UnitInfo, staging: Path) -> dict[str, Any]:
         o = self.options
+        if df.height == 0 and o.column not in df.columns:  # every row of the unit was rejected before formatting
+            return {"rows": 0, "files": [], "datasets": {}, "images": 0}
         if o.column not in df.columns:
             raise KeyError(f"{self.name} writer: payload column {o.column!r} not in the rows (add a llava-* formatter; have {df.columns})")
         stats: dict[str, Any] = {"rows": df.height, "files": [], "datasets": {}, "images": 0}
         col = pl.col(o.column)
-        if o.images and "image_bytes" in df.columns:
+        if o.images and _image_columns(df):
             stats["images"] = self._write_images(df, staging)
             col = col.str.replace_all(MEDIA_SCHEME, self._image_prefix(), literal=True)
         if o.by_dataset:
@@ -126,18 +161,42 @@ class _LlavaWriter(Writer):
         return stats
 
     def _write_images(self, df: pl.DataFrame, staging: Path) -> int:
-        from .payload import media_path
+        from .payload import media_files
 
-        names = df.select(media_path(df, pl.lit(None, dtype=pl.String)).str.strip_prefix(MEDIA_SCHEME).alias("n"), pl.col("image_bytes"))
-        d = staging / "images"
-        d.mkdir(parents=True, exist_ok=True)
-        n = 0
-        for name, data in names.iter_rows():  # one file per image: truly per sample
-            if data is None or name is None:
-                continue
-            (d / name).write_bytes(data)
-            n += 1
-        return n
+        frames = []
+        for c in _image_columns(df):
+            f = df.select(media_files(df, c).alias("n"), pl.col(c).alias("d"))
+            if isinstance(df.schema[c], (pl.List, pl.Array)):
+                f = f.explode("n", "d")
+            frames.append(f.filter(pl.col("n").is_not_null() & pl.col("d").is_not_null()))
+        files = pl.concat(frames)
+        url = self._images_url()
+        if url is None:
+            d = staging / "images"
+            d.mkdir(parents=True, exist_ok=True)
+            for name, data in files.iter_rows():  # one file per image: truly per sample
+                (d / name).write_bytes(data)
+        elif is_local(url):
+            d = Path(url.removeprefix("file://"))
+            d.mkdir(parents=True, exist_ok=True)
+            for name, data in files.iter_rows():
+                tmp = d / f".{name}.tmp-{os.getpid()}"
+                tmp.write_bytes(data)
+                os.replace(tmp, d / name)
+        else:
+            fs, root = url_filesystem(url, self.options.storage_options)
+            # one PUT per object (atomic on object stores); fsspec runs a batch concurrently
+            batch: dict[str, bytes] = {}
+            size = 0
+            for name, data in files.iter_rows():
+                batch[f"{root}/{name}"] = data
+                size += len(data)
+                if size >= 64 << 20:
+                    fs.pipe(batch)
+                    batch, size = {}, 0
+            if batch:
+                fs.pipe(batch)
+        return files.height
 
     # -- finalize ----------------------------------------------------------------------
     def _groups(self, records: list[dict[str, Any]]) -> dict[str | None, list[str]]:
