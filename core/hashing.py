@@ -16,7 +16,8 @@ _P = np.uint64(0x100000001B3)  # FNV prime, odd: a good polynomial base mod 2**6
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (golden-ratio increment, then mix) applied elementwise to uint64."""
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -57,7 +58,7 @@ def hash_strings(values: pl.Series | list[str], seed: int = 0) -> np.ndarray:
             contrib = byte_vals * powers[pos_from_end]
             sums[nonempty] = np.add.reduceat(contrib, (start[nonempty] - base).astype(np.int64))
             h = h * _P + sums + lengths.astype(np.uint64)
-    return _splitmix(h)
+    return splitmix64(h)
 
 
 def unit_floats(values: pl.Series | list[str], seed: int = 0) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from mmprep import REJECT_MESSAGE, REJECT_REASON
-from mmprep.hashing import hash_strings, unit_floats
+from mmprep.hashing import hash_strings, splitmix64, unit_floats
 
 from . import validate as V
 from .scan import Scan, scan, string_bytes
@@ -143,21 +143,12 @@ def key_draws(keys: pl.Series, seed: int, n: int) -> list[np.ndarray]:
     out = []
     with np.errstate(over="ignore"):
         for sd in seeds:
-            h = _mix(pre0 + np.uint64(2 * sd % (1 << 64)) * step)
+            h = splitmix64(pre0 + np.uint64(2 * sd % (1 << 64)) * step)
             out.append((h >> np.uint64(11)).astype(np.float64) / float(1 << 53))
     probe = s.head(8)
     if not all(np.array_equal(d[: probe.len()], unit_floats(probe, sd)) for d, sd in zip(out, seeds)):
         return [unit_floats(s, seed=sd) for sd in seeds]
     return out
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (as :mod:`mmprep.hashing`)."""
-    with np.errstate(over="ignore"):
-        x = x + _G
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 def as_list(df: pl.DataFrame, column: str) -> pl.Expr:
