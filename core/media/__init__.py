@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 import polars as pl
@@ -226,7 +225,11 @@ class MediaStage:
 
     def _fetch_all(self, todo: list[tuple[int, str]], finish, stats: FetchStats) -> None:
         """Fetch every ``(slot, url)`` of ``todo`` on the thread pool, at most ``in_flight`` at a
-        time, and call ``finish(slot, data, error)`` in ``todo`` order on this thread."""
+        time, and call ``finish(slot, data, error)`` on this thread as each fetch completes.
+
+        Completion order, not ``todo`` order: a URL that times out (``read_timeout`` × attempts)
+        must not hold back the window behind it, or every slow host stalls the whole unit.
+        ``finish`` writes by slot, so the result does not depend on the order."""
         if not todo:
             return
         o = self.options
@@ -243,23 +246,27 @@ class MediaStage:
                 return None, FetchError("connection_error", f"{type(e).__name__}: {self.scrub(str(e))[:300]}"), st
 
         with ThreadPoolExecutor(max_workers=min(o.threads, len(todo)), thread_name_prefix="mmprep-fetch") as pool:
-            pending: deque = deque()
             it = iter(todo)
-            for i, url in it:
-                pending.append((i, pool.submit(job, url)))
-                if len(pending) >= window:
-                    break
-            while pending:
-                i, fut = pending.popleft()
-                data, err, st = fut.result()
-                stats.attempts += st.attempts
-                stats.retries += st.retries
-                stats.waited += st.waited
+            running: dict = {}
+
+            def submit() -> None:
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append((nxt[0], pool.submit(job, nxt[1])))
-                finish(i, data, err)
-                del data
+                    running[pool.submit(job, nxt[1])] = nxt[0]
+
+            for _ in range(window):
+                submit()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    data, err, st = fut.result()
+                    stats.attempts += st.attempts
+                    stats.retries += st.retries
+                    stats.waited += st.waited
+                    submit()
+                    finish(i, data, err)
+                    del data
 
     def _extra_images(self, df: pl.DataFrame, col: str, reasons: list, messages: list, stats: FetchStats) -> tuple[pl.Series, int]:
         """Materialise one of ``extra_image_columns`` for the rows still accepted: returns the
@@ -295,15 +302,25 @@ class MediaStage:
         rows, pos, urls = flat["_row"].to_list(), flat["_pos"].to_list(), flat["_url"].to_list()
         data: list[bytes | None] = [None] * len(rows)
 
-        def fail(k: int, reason: str, message: str) -> None:
+        failed_at: dict[int, int] = {}  # row -> image (index k) whose failure names the row
+
+        def named(k: int) -> bool:
+            """Whether image k can still decide the row's outcome: the row has not failed, or
+            failed only on a later image of this column (fetches complete in any order, and
+            the row's first failing image, by position, names it)."""
             r = rows[k]
-            if reasons[r] is None:  # the row's first failure names it
+            return reasons[r] is None or k < failed_at.get(r, -1)
+
+        def fail(k: int, reason: str, message: str) -> None:
+            if named(k):
+                r = rows[k]
+                failed_at[r] = k
                 where = f"{col}[{pos[k]}]" if is_list else col
                 reasons[r], messages[r] = reason, f"{where}: {message}"
 
         def finish(k: int, raw: bytes | None, err: FetchError | None) -> None:
-            if reasons[rows[k]] is not None:
-                return  # an earlier image of this row failed: no work for the rest
+            if not named(k):
+                return  # an earlier image of this row failed: no work for this one
             if err is not None:
                 fail(k, err.reason, self.scrub(err.message))
                 return

@@ -31,6 +31,9 @@ class Server:
         self.active = 0
         self.max_active = 0
         self.lock = threading.Lock()
+        self.gate = threading.Event()  # /gate/* waits for it: set once `gate_after` /ok/* were served
+        self.gate_after = 1 << 30
+        self.gate_timed_out = 0
         srv = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,6 +63,8 @@ class Server:
                 finally:
                     with srv.lock:
                         srv.active -= 1
+                        if path.startswith("/ok/") and sum(v for k, v in srv.hits.items() if k.startswith("/ok/")) >= srv.gate_after:
+                            srv.gate.set()
 
             def route(self, path, n):
                 kind = path.strip("/").split("/")[0]
@@ -70,6 +75,13 @@ class Server:
                     self._send(200, IMG)
                 elif kind == "404":
                     self._send(404, b"nope")
+                elif kind == "slow404":
+                    time.sleep(0.3)
+                    self._send(404, b"nope")
+                elif kind == "gate":
+                    if not srv.gate.wait(5):
+                        srv.gate_timed_out += 1
+                    self._send(200, IMG)
                 elif kind == "403":
                     self._send(403, b"forbidden")
                 elif kind == "flaky500":
@@ -210,6 +222,30 @@ def test_per_host_limit_and_bounded_window(server):
     assert reasons(out) == [None] * 8
     assert server.max_active <= 2
     assert out["key"].to_list() == [f"k{i}" for i in range(8)]  # order kept
+
+
+def test_a_slow_url_does_not_hold_back_the_window(server):
+    # the first URL is answered only after 6 others were served; with a window of 2 that must be
+    # consumed in list order the others could not be fetched until the gate gave up (5 s)
+    server.gate_after = 6
+    urls = [f"{server.url}/gate/0"] + [f"{server.url}/ok/{i}" for i in range(6)]
+    out, _ = run({**FAST, "threads": 2, "in_flight": 2, "read_timeout": 10}, urls)
+    assert reasons(out) == [None] * 7
+    assert server.gate_timed_out == 0
+    assert out["key"].to_list() == [f"k{i}" for i in range(7)]  # order kept
+    assert out["image_bytes"].null_count() == 0
+
+
+def test_extra_images_first_failing_position_names_the_row(server):
+    # [0] fails after [1] has failed (fetches complete in any order): position 0 still names the row
+    u = server.url
+    stage = MediaStage.from_config({**FAST, "extra_image_columns": ["refs"]}, Context())
+    df = pl.DataFrame({"key": ["a", "b"], "image_path": [f"{u}/ok/a", f"{u}/ok/b"],
+                       "refs": [[f"{u}/slow404/a0", f"{u}/404/a1"], [f"{u}/ok/b0", f"{u}/ok/b1"]]})
+    out = stage.process(df)
+    assert reasons(out) == ["http_404", None]
+    assert out["_reject_message"][0].startswith("refs[0]: ")
+    assert [len(x) for x in out["refs_media"].to_list()[1:]] == [2]
 
 
 def test_max_bytes(server):

@@ -1,12 +1,24 @@
-"""A loopback HTTP server whose paths choose the fault: /<kind>/<id>."""
+"""A loopback HTTP server whose paths choose the fault: /<kind>/<id>.
+
+The server runs in its own process. In the test process it would share the GIL with an in-process
+pipeline's 32 fetch threads, and on a loaded 2-core machine a starved handler thread can miss the
+client's read timeout, which turns a fault-free request into a (correctly) retried one and makes
+exact retry counts unobservable. ``GET /__hits__`` returns the per-path request counts as JSON and
+is not counted itself.
+"""
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 #: kind -> the rejection reason the sample must end with (None = written)
@@ -25,8 +37,18 @@ EXPECTED = {
 FAULTS = [k for k in EXPECTED if k != "ok"]
 
 
-class FaultServer:
-    def __init__(self, image: bytes, slow_s: float = 0.5):
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # read by listen() in the constructor: must be a class attribute
+
+    def handle_error(self, request, client_address):
+        pass  # clients that gave up (timeouts, resets) are expected
+
+
+class _Faults:
+    """The server itself (runs in the child process, see :func:`main`)."""
+
+    def __init__(self, image: bytes, slow_s: float):
         self.hits: collections.Counter = collections.Counter()
         self.lock = threading.Lock()
         srv = self
@@ -46,6 +68,10 @@ class FaultServer:
                 self.wfile.write(body)
 
             def do_GET(self):
+                if self.path == "/__hits__":
+                    with srv.lock:
+                        body = json.dumps(dict(srv.hits)).encode()
+                    return self._send(200, body, [("Content-Type", "application/json")])
                 with srv.lock:
                     srv.hits[self.path] += 1
                     n = srv.hits[self.path]
@@ -84,14 +110,49 @@ class FaultServer:
                 else:
                     self._send(400, b"bad")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 256
-        self.httpd.handle_error = lambda request, address: None  # clients that gave up (timeouts) are expected
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
+
+
+class FaultServer:
+    """Starts the fault server in a child process; ``url`` and ``hits`` as if it were local."""
+
+    def __init__(self, image: bytes, slow_s: float = 0.5):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from tests.reliability.httpfaults import main; main(float(sys.argv[1]))", str(slow_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_repo_root(),
+        )
+        self.proc.stdin.write(base64.b64encode(image) + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"fault server did not start (exit {self.proc.wait()})")
+        self.url = f"http://127.0.0.1:{int(line)}"
+
+    @property
+    def hits(self) -> collections.Counter:
+        with urllib.request.urlopen(f"{self.url}/__hits__", timeout=30) as r:
+            return collections.Counter(json.loads(r.read()))
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.proc.stdin.close()  # main() exits when its stdin closes
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _repo_root() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2])
+
+
+def main(slow_s: float) -> None:
+    image = base64.b64decode(sys.stdin.readline())
+    faults = _Faults(image, slow_s)
+    threading.Thread(target=faults.httpd.serve_forever, daemon=True).start()
+    print(faults.httpd.server_address[1], flush=True)
+    sys.stdin.read()  # until the parent closes stdin (or dies)
+    faults.httpd.shutdown()
+    faults.httpd.server_close()
