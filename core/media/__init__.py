@@ -136,6 +136,9 @@ class MediaStage:
                     max_bytes=o.max_bytes,
                     per_host=o.per_host,
                     storage_options=self._storage,
+                    proxy=o.proxy,
+                    keep_alive=o.keep_alive,
+                    no_proxy=tuple(o.no_proxy),
                     scrub=self.scrub,
                 )
             return self._fetcher

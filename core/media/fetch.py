@@ -9,20 +9,35 @@ Every failure ends as a :class:`FetchError` with a rejection reason (see ``REASO
 :mod:`mmprep.media`). Retryable failures (5xx, 408, 429, timeouts, connection errors) are
 retried with exponential backoff and full jitter; 429/503 honour ``Retry-After``; 403 and 404
 (and every other 4xx) are final at once.
+
+Connections are kept alive (``keep_alive``): idle ones are pooled per (scheme, host, port, proxy),
+at most ``per_host`` each, for the most recently used hosts; one the server closed while idle is
+noticed (its socket is readable) and replaced before use. Small error and redirect bodies are
+read so that their connection stays usable.
+
+Proxies (``proxy``): ``env`` (the default) honours ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
+(either case) as curl and requests do, except that loopback hosts are never proxied; ``none``
+connects directly; an ``http://[user:password@]host[:port]`` URL proxies every HTTP(S) host not
+in ``no_proxy``. HTTP goes through the proxy as absolute-form requests, HTTPS through a
+``CONNECT`` tunnel (TLS is end to end; a TLS-intercepting proxy's CA is trusted through
+``SSL_CERT_FILE``). Proxy credentials go out as ``Proxy-Authorization`` and never into messages.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import http.client
+import ipaddress
 import random
+import select
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from ..storage import redact
 
@@ -64,6 +79,9 @@ class Fetcher:
     max_bytes: int = 64 * 1024 * 1024
     per_host: int = 8
     storage_options: dict[str, Any] = field(default_factory=dict)
+    proxy: str = "env"
+    no_proxy: tuple[str, ...] = ()
+    keep_alive: bool = True
     scrub: Callable[[str], str] = redact
     sleep: Callable[[float], None] = time.sleep
 
@@ -72,6 +90,13 @@ class Fetcher:
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._fs: dict[str, Any] = {}
         self._ssl = None
+        self._idle: dict[tuple, list] = {}  # keep-alive pool (see _checkout)
+        if self.proxy == "env":
+            import urllib.request
+
+            self._env_proxies = urllib.request.getproxies_environment()
+        elif self.proxy != "none":
+            check_proxy_url(self.proxy)
 
     # -- public ------------------------------------------------------------------------
     def fetch(self, url: str, stats: FetchStats | None = None) -> bytes:
@@ -139,7 +164,104 @@ class Fetcher:
                 sem = self._hosts[host] = threading.BoundedSemaphore(self.per_host)
             return sem
 
+    # -- proxies -----------------------------------------------------------------------
+    def proxy_for(self, parts: SplitResult) -> SplitResult | None:
+        """The proxy to reach ``parts`` (a split http(s) URL) through, or None for a direct connection."""
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        if self.proxy == "none":
+            return None
+        if self.proxy != "env":
+            return None if _host_matches(host, port, self.no_proxy) else urlsplit(self.proxy)
+        proxies = self._env_proxies
+        url = proxies.get(parts.scheme.lower())
+        if not url or _is_loopback(host) or _host_matches(host, port, _no_proxy_list(proxies.get("no", ""))):
+            return None
+        if "://" not in url:
+            url = "http://" + url  # HTTP_PROXY=host:port, as curl accepts
+        proxy = urlsplit(url)
+        if proxy.scheme.lower() != "http" or not proxy.hostname:
+            raise FetchError(
+                "unsupported_url", f"{self.scrub(parts.geturl())}: {parts.scheme.upper()}_PROXY={self.scrub(url)} is not an http:// proxy"
+            )
+        return proxy
+
     # -- HTTP --------------------------------------------------------------------------
+    def _route(self, parts: SplitResult, https: bool, port: int) -> tuple[tuple, str, dict[str, str], str, SplitResult | None]:
+        """How to reach ``parts``: the connection-pool key, the request target, the extra headers,
+        the proxy (None: direct) and, for messages, a note naming the proxy."""
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        proxy = self.proxy_for(parts)
+        if proxy is None:
+            return (https, parts.hostname, port, None), target, {}, "", None
+        via = f" (via proxy {proxy.hostname}:{proxy.port or 80})"
+        key = (https, parts.hostname, port, (proxy.hostname, proxy.port, proxy.username, proxy.password))
+        if https:  # CONNECT tunnel: TLS, and the certificate check, is with the origin
+            return key, target, {}, via, proxy
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        key = (False, None, None, key[3])  # one proxy connection serves every http:// host
+        return key, f"http://{netloc}{target}", _proxy_auth(proxy), via, proxy  # absolute-form request
+
+    def _open(self, parts: SplitResult, https: bool, port: int, proxy: SplitResult | None, shown: str, via: str):
+        """A new, connected connection for :meth:`_route`'s answer."""
+        if https and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        try:
+            host, hport = (parts.hostname, port) if proxy is None else (proxy.hostname, proxy.port or 80)
+            if https:
+                conn = http.client.HTTPSConnection(host, hport, timeout=self.connect_timeout, context=self._ssl)
+                if proxy is not None:
+                    conn.set_tunnel(parts.hostname, port, headers=_proxy_auth(proxy))
+            else:
+                conn = http.client.HTTPConnection(host, hport, timeout=self.connect_timeout)
+        except Exception as e:  # bad host name etc.
+            raise FetchError("connection_error", f"{shown}: {type(e).__name__}") from None
+        try:
+            conn.connect()
+        except (socket.timeout, TimeoutError):
+            conn.close()
+            raise FetchError("timeout", f"{shown}: connect timed out after {self.connect_timeout:g}s{via}", retryable=True) from None
+        except socket.gaierror as e:
+            conn.close()
+            raise FetchError("connection_error", f"{shown}: cannot resolve host ({e.strerror or e}){via}") from None
+        except OSError as e:
+            conn.close()
+            raise _connect_error(shown, e, via) from None
+        return conn
+
+    # -- keep-alive pool: idle connections per (scheme, host, port, proxy), shared by the threads
+    def _checkout(self, key: tuple):
+        with self._lock:
+            idle = self._idle.get(key)
+            while idle:
+                conn = idle.pop()
+                if _reusable(conn):
+                    return conn
+                conn.close()
+        return None
+
+    def _checkin(self, key: tuple, conn) -> None:
+        with self._lock:
+            idle = self._idle.pop(key, None) or []
+            self._idle[key] = idle  # most recently used last
+            if len(idle) < self.per_host:
+                idle.append(conn)
+                conn = None
+            while len(self._idle) > _POOL_HOSTS:  # forget the least recently used host
+                for c in self._idle.pop(next(iter(self._idle))):
+                    c.close()
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle keep-alive connections."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for c in conns:
+                c.close()
+
     def _http_once(self, url: str) -> bytes:
         deadline = time.monotonic() + self.total_timeout
         shown = self.scrub(url)
@@ -147,31 +269,20 @@ class Fetcher:
             parts = urlsplit(url)
             https = parts.scheme.lower() == "https"
             port = parts.port or (443 if https else 80)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            key, target, extra, via, proxy = self._route(parts, https, port)
+            conn = self._checkout(key) if self.keep_alive else None
+            if conn is None:
+                conn = self._open(parts, https, port, proxy, shown, via)
+            keep = False  # whether the connection goes back to the pool
             try:
-                if https:
-                    if self._ssl is None:
-                        self._ssl = ssl.create_default_context()
-                    conn = http.client.HTTPSConnection(parts.hostname, port, timeout=self.connect_timeout, context=self._ssl)
-                else:
-                    conn = http.client.HTTPConnection(parts.hostname, port, timeout=self.connect_timeout)
-            except Exception as e:  # bad host name etc.
-                raise FetchError("connection_error", f"{shown}: {type(e).__name__}") from None
-            try:
-                try:
-                    conn.connect()
-                except (socket.timeout, TimeoutError):
-                    raise FetchError("timeout", f"{shown}: connect timed out after {self.connect_timeout:g}s", retryable=True) from None
-                except socket.gaierror as e:
-                    raise FetchError("connection_error", f"{shown}: cannot resolve host ({e.strerror or e})") from None
-                except OSError as e:
-                    raise FetchError("connection_error", f"{shown}: {type(e).__name__}: {e.strerror or e}", retryable=True) from None
-                conn.sock.settimeout(max(0.001, min(self.read_timeout, deadline - time.monotonic())))
-                headers = {"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.8", "Connection": "close", **self.headers}
+                # the socket itself: a "Connection: close" response hands it to the response, conn.sock is None then
+                sock = conn.sock
+                sock.settimeout(max(0.001, min(self.read_timeout, deadline - time.monotonic())))
+                headers = {"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.8", **extra, **self.headers}
+                if not self.keep_alive:
+                    headers["Connection"] = "close"
                 if parts.username or parts.password:
-                    import base64
-
-                    cred = f"{parts.username or ''}:{parts.password or ''}".encode()
+                    cred = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
                     headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
                 try:
                     conn.request("GET", target, headers=headers)
@@ -181,6 +292,8 @@ class Fetcher:
                 except (http.client.HTTPException, OSError) as e:
                     raise FetchError("connection_error", f"{shown}: {type(e).__name__}: {_oserr(e)}", retryable=True) from None
                 status = resp.status
+                if status != 200:
+                    keep = self.keep_alive and _drain(resp)  # a small error/redirect body: keep the connection
                 if status in (301, 302, 303, 307, 308):
                     loc = resp.getheader("Location")
                     if not loc:
@@ -205,12 +318,18 @@ class Fetcher:
                 length = resp.getheader("Content-Length")
                 if length is not None and length.isdigit() and int(length) > self.max_bytes:
                     raise FetchError("too_large", f"{shown}: Content-Length {length} exceeds max_bytes={self.max_bytes}")
-                return self._read_body(resp, conn, deadline, shown, int(length) if length and length.isdigit() else None)
+                body = self._read_body(resp, sock, deadline, shown, int(length) if length and length.isdigit() else None)
+                keep = self.keep_alive and not resp.will_close
+                return body
             finally:
-                conn.close()
+                if keep and not resp.will_close:
+                    resp.close()
+                    self._checkin(key, conn)
+                else:
+                    conn.close()
         raise FetchError("http_3xx", f"{shown}: too many redirects")
 
-    def _read_body(self, resp, conn, deadline: float, shown: str, length: int | None) -> bytes:
+    def _read_body(self, resp, sock: socket.socket, deadline: float, shown: str, length: int | None) -> bytes:
         chunks: list[bytes] = []
         got = 0
         while True:
@@ -218,7 +337,7 @@ class Fetcher:
             if left <= 0:
                 raise FetchError("timeout", f"{shown}: download exceeded total_timeout {self.total_timeout:g}s", retryable=True)
             try:
-                conn.sock.settimeout(max(0.001, min(self.read_timeout, left)))
+                sock.settimeout(max(0.001, min(self.read_timeout, left)))
                 chunk = resp.read1(1 << 16)
             except (socket.timeout, TimeoutError):
                 raise FetchError("timeout", f"{shown}: read timed out after {got} bytes", retryable=True) from None
@@ -272,6 +391,109 @@ class Fetcher:
             raise FetchError("timeout", f"{shown}: {type(e).__name__}", retryable=True) from None
         except Exception as e:
             raise FetchError("connection_error", f"{shown}: {type(e).__name__}: {self.scrub(str(e))[:300]}", retryable=True) from None
+
+
+#: Hosts whose idle connections the keep-alive pool keeps (each up to ``per_host`` of them).
+_POOL_HOSTS = 64
+#: Largest error or redirect body read to keep its connection (a bigger one closes it).
+_DRAIN_BYTES = 64 * 1024
+
+
+def _reusable(conn) -> bool:
+    """An idle pooled connection is reusable when its socket has nothing to read: a readable idle
+    socket means the server closed it (EOF) or sent something unasked, either way unusable."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+def _drain(resp) -> bool:
+    """Read a non-200 response's small body so that its connection can serve the next request;
+    False when the body is too big or unbounded, or reading it fails (the connection is closed)."""
+    if resp.will_close:
+        return False
+    length = resp.getheader("Content-Length")
+    if resp.chunked or length is None or not length.isdigit() or int(length) > _DRAIN_BYTES:
+        return False
+    try:
+        resp.read()
+    except (http.client.HTTPException, OSError):
+        return False
+    return True
+
+
+def check_proxy_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an ``http://[user:password@]host[:port]`` proxy URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"must be 'env', 'none' or an http://[user:password@]host[:port] proxy URL, not {redact(url)!r}")
+    parts.port  # noqa: B018 -- raises ValueError on a bad port
+
+
+def _proxy_auth(proxy: SplitResult) -> dict[str, str]:
+    if proxy.username is None and proxy.password is None:
+        return {}
+    cred = f"{unquote(proxy.username or '')}:{unquote(proxy.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(cred).decode()}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_proxy_list(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.replace(" ", ",").split(",") if x.strip())
+
+
+def _host_matches(host: str, port: int, patterns: tuple[str, ...] | list[str]) -> bool:
+    """NO_PROXY matching as curl does it: ``*``, exact hosts, domain suffixes (``.example.com``
+    or ``example.com`` both match ``a.example.com``), optional ``:port``, and IP networks (CIDR)."""
+    for pat in patterns:
+        pat = pat.strip().lower()
+        if not pat:
+            continue
+        if pat == "*":
+            return True
+        want_port = None
+        if pat.count(":") == 1 and not pat.startswith("["):
+            pat, _, p = pat.partition(":")
+            want_port = int(p) if p.isdigit() else None
+        if want_port is not None and want_port != port:
+            continue
+        pat = pat.strip("[]")
+        if "/" in pat:
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(pat, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        pat = pat.lstrip(".").lstrip("*.")
+        if host == pat or host.endswith("." + pat):
+            return True
+    return False
+
+
+def _connect_error(shown: str, e: OSError, via: str) -> FetchError:
+    """A failed connect, or a proxy refusing the CONNECT tunnel (its status decides)."""
+    msg = str(e)
+    if msg.startswith("Tunnel connection failed"):
+        code = next((int(w) for w in msg.split() if w.isdigit() and len(w) == 3), 0)
+        text = f"{shown}: proxy refused the tunnel: {msg.split(':', 1)[-1].strip()}"
+        if code == 429 or code >= 500:
+            return FetchError("http_5xx" if code >= 500 else "http_429", text, retryable=True)
+        return FetchError("http_4xx", text)
+    return FetchError("connection_error", f"{shown}: {type(e).__name__}: {e.strerror or e}{via}", retryable=True)
 
 
 def _oserr(e: BaseException) -> str:

@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, SerializationInfo, field_serializer, field_validator, model_validator
 
 from ..component import Options
-from ..storage import MASK, SECRET_KEYS, mask_secrets, secret_values  # noqa: F401  (re-exported)
+from ..storage import MASK, SECRET_KEYS, mask_secrets, redact, secret_values  # noqa: F401  (re-exported)
+from .fetch import check_proxy_url
 
 #: Named bucket lists. ``sdxl``: the ~1 megapixel (1024²) buckets SDXL was trained on.
 BUCKET_PRESETS: dict[str, list[tuple[int, int]]] = {
@@ -81,6 +82,21 @@ class MediaOptions(Options):
     )
     user_agent: str = Field(default="mmprep/0.1 (+image-text dataset preparation)", description="HTTP User-Agent header")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP request headers")
+    keep_alive: bool = Field(
+        default=True,
+        description="Reuse HTTP(S) connections per host (saves the TCP and TLS handshakes); an idle connection the "
+        "server has closed is detected before reuse",
+    )
+    proxy: str = Field(
+        default="env",
+        description="HTTP(S) proxy: 'env' honours HTTP_PROXY/HTTPS_PROXY/NO_PROXY (loopback hosts are never proxied), "
+        "'none' connects directly, or an http://[user:password@]host[:port] URL for every http(s) host not in "
+        "no_proxy. HTTPS goes through a CONNECT tunnel; credentials are masked wherever config is stored",
+    )
+    no_proxy: list[str] = Field(
+        default_factory=list,
+        description="Hosts an explicit proxy is not used for (NO_PROXY syntax: host, .domain, host:port, CIDR, '*')",
+    )
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest accepted file; bigger ones are rejected as too_large")
     hash: Literal["sha256", "md5"] | None = Field(default=None, description="Hash of the fetched bytes to store")
     hash_column: str | None = Field(default=None, description="Column for the hash (default: the algorithm's name)")
@@ -163,6 +179,18 @@ class MediaOptions(Options):
         if len(set(self.extra_image_columns)) != len(self.extra_image_columns):
             raise ValueError("extra_image_columns: a column is listed twice")
         return self
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, v: str) -> str:
+        if v not in ("env", "none"):
+            check_proxy_url(v)
+        return v
+
+    @field_serializer("proxy")
+    def _mask_proxy(self, v: str, info: SerializationInfo):
+        ctx = info.context or {}
+        return v if ctx.get("secrets") == "keep" else redact(v)
 
     @field_serializer("storage_options", "headers")
     def _mask(self, v: dict[str, Any], info: SerializationInfo):

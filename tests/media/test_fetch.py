@@ -34,6 +34,8 @@ class Server:
         self.gate = threading.Event()  # /gate/* waits for it: set once `gate_after` /ok/* were served
         self.gate_after = 1 << 30
         self.gate_timed_out = 0
+        self.connections = 0  # TCP connections accepted
+        self.open: set = set()  # their sockets, while open
         srv = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,6 +43,17 @@ class Server:
 
             def log_message(self, *a):
                 pass
+
+            def setup(self):
+                super().setup()
+                with srv.lock:
+                    srv.connections += 1
+                    srv.open.add(self.connection)
+
+            def finish(self):
+                with srv.lock:
+                    srv.open.discard(self.connection)
+                super().finish()
 
             def _send(self, status, body=b"", headers=()):
                 self.send_response(status)
@@ -75,6 +88,17 @@ class Server:
                     self._send(200, IMG)
                 elif kind == "404":
                     self._send(404, b"nope")
+                elif kind == "closing":  # what nginx answers a client that sent Connection: close
+                    self._send(200, IMG, [("Connection", "close")])
+                    self.close_connection = True
+                elif kind == "chunked":
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(0, len(IMG), 1000):
+                        part = IMG[i:i + 1000]
+                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
                 elif kind == "slow404":
                     time.sleep(0.3)
                     self._send(404, b"nope")
@@ -122,6 +146,19 @@ class Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def drop_idle(self, wait: float = 5.0):
+        """Close every (idle) client connection, as a server's keep-alive timeout does."""
+        with self.lock:
+            socks = list(self.open)
+        for c in socks:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        while self.open and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def close(self):
         self.httpd.shutdown()
@@ -246,6 +283,34 @@ def test_extra_images_first_failing_position_names_the_row(server):
     assert reasons(out) == ["http_404", None]
     assert out["_reject_message"][0].startswith("refs[0]: ")
     assert [len(x) for x in out["refs_media"].to_list()[1:]] == [2]
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_connection_close_and_chunked_responses(server, keep_alive):
+    # "Connection: close" hands the socket to the response (http.client's conn.sock is None then)
+    urls = [f"{server.url}/{k}/{i}" for i, k in enumerate(["closing", "chunked", "ok", "closing", "chunked", "404", "ok"])]
+    out, _ = run({**FAST, "threads": 1, "keep_alive": keep_alive}, urls)
+    assert reasons(out) == [None, None, None, None, None, "http_404", None]
+    assert all(b == IMG for b in out["image_bytes"].to_list()[:5])
+
+
+def test_keep_alive_reuses_connections(server):
+    urls = [f"{server.url}/{k}/{i}" for i, k in enumerate(["ok", "404", "ok", "flaky500", "ok", "chunked", "ok", "closing", "ok", "ok"])]
+    out, _ = run({**FAST, "threads": 1}, urls)
+    assert reasons(out)[1] == "http_404" and [r for i, r in enumerate(reasons(out)) if i != 1] == [None] * 9
+    # one thread: every request reuses the connection, except after "Connection: close" (closing)
+    assert server.connections == 2, server.connections
+    out, _ = run({**FAST, "threads": 1, "keep_alive": False}, [f"{server.url}/ok/a{i}" for i in range(5)])
+    assert reasons(out) == [None] * 5 and server.connections == 2 + 5
+
+
+def test_keep_alive_detects_a_connection_the_server_closed(server):
+    stage = MediaStage.from_config({**FAST, "threads": 1, "retries": 0}, Context())
+    for i in range(3):
+        out = stage.process(pl.DataFrame({"key": ["a"], "image_path": [f"{server.url}/ok/r{i}"]}))
+        assert reasons(out) == [None]
+        server.drop_idle()  # the server times idle connections out between the units
+    assert server.connections == 3
 
 
 def test_max_bytes(server):
