@@ -401,11 +401,16 @@ _DRAIN_BYTES = 64 * 1024
 
 def _reusable(conn) -> bool:
     """An idle pooled connection is reusable when its socket has nothing to read: a readable idle
-    socket means the server closed it (EOF) or sent something unasked, either way unusable."""
+    socket means the server closed it (EOF) or sent something unasked, either way unusable.
+    (poll, not select: select() cannot take descriptors above 1023.)"""
     sock = conn.sock
     if sock is None:
         return False
     try:
+        if hasattr(select, "poll"):
+            p = select.poll()
+            p.register(sock, select.POLLIN | select.POLLPRI)
+            return not p.poll(0)
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return False

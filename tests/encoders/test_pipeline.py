@@ -109,9 +109,12 @@ def test_mds_latents_preset_end_to_end(models, tmp_path):
     }
     res = Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(tmp_path / "out"), quiet=True)
     check_counts(res.manifest)
+    from mmprep_mds.index import release_shared_memory
+
     ds = StreamingDataset(local=str(tmp_path / "out" / "mds"), remote=None, shuffle=False, batch_size=1)
     assert len(ds) == len(keys)
     s = ds[0]
+    release_shared_memory(ds)
     assert len(s["latents_512"]) == 4 * 32 * 32 * 2 and len(s["latents_256"]) == 4 * 16 * 16 * 2
     assert len(s["caption_latents"]) == 77 * 32 * 2
     lat = np.frombuffer(s["latents_512"], dtype="<f2")

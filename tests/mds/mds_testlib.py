@@ -57,9 +57,12 @@ def read_all(root: Path) -> list[dict]:
     from streaming.base.util import clean_stale_shared_memory
 
     clean_stale_shared_memory()
+    from mmprep_mds.index import release_shared_memory
+
     ds = StreamingDataset(local=str(root), remote=None, shuffle=False, batch_size=1)
     try:
         return [ds.get_item(i) for i in range(ds.num_samples)]
     finally:
+        release_shared_memory(ds)
         del ds
         gc.collect()

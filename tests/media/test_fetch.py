@@ -304,6 +304,28 @@ def test_keep_alive_reuses_connections(server):
     assert reasons(out) == [None] * 5 and server.connections == 2 + 5
 
 
+def test_keep_alive_with_descriptors_above_1023(server):
+    # select() cannot take descriptors above 1023: the idle check must still work there
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1400
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        out, _ = run({**FAST, "threads": 1}, [f"{server.url}/ok/{i}" for i in range(4)])
+        assert reasons(out) == [None] * 4
+        assert server.connections == 1
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_keep_alive_detects_a_connection_the_server_closed(server):
     stage = MediaStage.from_config({**FAST, "threads": 1, "retries": 0}, Context())
     for i in range(3):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import select
+import selectors
 import socket
 import ssl
 import threading
@@ -75,18 +75,21 @@ class Proxy:
                 up = socket.create_connection(px.routes["https"], timeout=10)
                 self.send_response(200, "Connection established")
                 self.end_headers()
-                conns = [self.connection, up]
+                sel = selectors.DefaultSelector()  # not select.select: the suite may hold > 1024 descriptors
+                sel.register(self.connection, selectors.EVENT_READ, up)
+                sel.register(up, selectors.EVENT_READ, self.connection)
                 try:
                     while True:
-                        ready, _, _ = select.select(conns, [], [], 10)
+                        ready = sel.select(10)
                         if not ready:
                             break
-                        for s in ready:
-                            chunk = s.recv(65536)
+                        for k, _ in ready:
+                            chunk = k.fileobj.recv(65536)
                             if not chunk:
                                 return
-                            (up if s is self.connection else self.connection).sendall(chunk)
+                            k.data.sendall(chunk)
                 finally:
+                    sel.close()
                     up.close()
                     self.close_connection = True
 

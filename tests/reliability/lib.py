@@ -68,6 +68,9 @@ def read_mds(root: Path) -> list[dict]:
             rows.append({k: (v.tobytes() if hasattr(v, "tobytes") and not isinstance(v, (bytes, str)) else v) for k, v in s.items()})
         return rows
     finally:
+        from mmprep_mds.index import release_shared_memory
+
+        release_shared_memory(ds)
         del ds
         gc.collect()
 

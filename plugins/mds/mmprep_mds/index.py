@@ -222,5 +222,38 @@ def _read_with_streaming(root: Path, index: dict[str, Any]) -> int:
             start += k
         return n
     finally:
+        release_shared_memory(ds)
         del ds
         gc.collect()
+
+
+def release_shared_memory(obj: Any) -> int:
+    """Close (and unlink, where this process made them) the shared-memory blocks a
+    ``StreamingDataset`` holds; returns how many. streaming registers every block's cleanup with
+    ``atexit``, which keeps the blocks, and one descriptor each, alive until the process ends:
+    a long-lived process that verifies many outputs would otherwise run out of descriptors."""
+    import atexit
+
+    from streaming.base.shared.memory import SharedMemory
+
+    seen: set[int] = set()
+    released = 0
+
+    def walk(o: Any) -> None:
+        nonlocal released
+        if id(o) in seen:
+            return
+        seen.add(id(o))
+        if isinstance(o, SharedMemory):
+            atexit.unregister(o.cleanup)
+            o.cleanup()
+            released += 1
+        elif isinstance(o, (list, tuple)):
+            for x in o:
+                walk(x)
+        elif (type(o).__module__ or "").startswith("streaming") and hasattr(o, "__dict__"):
+            for v in vars(o).values():
+                walk(v)
+
+    walk(obj)
+    return released
