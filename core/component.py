@@ -182,6 +182,23 @@ class Source(Component):
         """Identity of the input (files and sizes) so a resumed run detects changed inputs."""
         return {}
 
+    #: True when the source implements :meth:`take_state` and :meth:`take`: then the plan
+    #: does not copy the table's binary columns (image bytes) but records each planned row's
+    #: index, and every unit reads those columns back from the input itself.
+    supports_take: ClassVar[bool] = False
+
+    def take_state(self) -> dict[str, Any]:
+        """JSON-able state :meth:`take` needs in a worker (e.g. each input file's row count
+        and identity), made once at plan time and stored with the plan."""
+        raise TypeError(f"source {self.name!r} does not support take")
+
+    def take(self, columns: list[str], rows: Any, state: dict[str, Any]) -> pl.DataFrame:
+        """The given columns (names as :meth:`scan` returns them) of the rows at the given
+        positions of :meth:`scan`'s row order (a numpy integer array, before any filter; it
+        may repeat positions), in that order. Raise if the input changed since ``state`` was
+        made: the rows must be the ones planned."""
+        raise TypeError(f"source {self.name!r} does not support take")
+
 
 class Filter(Component):
     """Base of filters: a boolean polars expression over the rows' columns."""

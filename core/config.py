@@ -66,6 +66,11 @@ class RunOptions(Options):
     """Worker processes of the local executor."""
     samples_per_unit: int = Field(default=10_000, ge=1)
     """Rows per work unit (table sources); the unit is the unit of commit and resume."""
+    defer_binary: bool = True
+    """Binary columns (image bytes, at any nesting) of inputs that support it (parquet) are not copied
+    into `_mmprep/plan.parquet`: the plan keeps each row's position and every unit reads those columns
+    from the input files. The files must stay unchanged until the run ends (checked: size and mtime or
+    ETag); false copies everything, so the input may change or go away after planning."""
     seed: int = 0
     """Seed of every random choice (sampling, per-sample draws)."""
     executor: Literal["local", "ray"] = "local"

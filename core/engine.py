@@ -41,7 +41,7 @@ from . import __version__
 from .component import REJECT_MESSAGE, REJECT_REASON, Partition, Source, UnitInfo
 from .config import Pipeline, build_pipeline, config_hash
 from .errors import ConfigError, MmprepError, ResumeError, UnitError
-from .plan import analyse, build_units, expand_dup, filter_schema_errors, sanitize_key_expr, table_frame
+from .plan import ROW, analyse, build_units, expand_dup, filter_schema_errors, sanitize_key_expr, table_frame
 from .storage import is_local
 
 log = logging.getLogger("mmprep")
@@ -294,6 +294,7 @@ class UnitRunner:
         self._encoders_ready = False
         self.max_examples = pipeline.run_options.max_examples
         self.status = bool(pipeline.doc.get("run", {}).get("status", False))
+        self._deferred: dict[str, dict] | None = None
 
     def _setup_encoders(self) -> None:
         if self._encoders_ready:
@@ -316,9 +317,23 @@ class UnitRunner:
         return df, {k: v - before.get(k, 0) for k, v in after.items()}
 
     # reading ------------------------------------------------------------------------------
+    def _take_plan(self, dataset: str) -> dict | None:
+        """The stored plan's deferred columns of ``dataset`` (see :func:`plan._plan_table`)."""
+        if self._deferred is None:
+            run = json.loads((self.meta / "run.json").read_text())
+            self._deferred = {d["name"]: d for d in run["datasets"] if d.get("deferred")}
+        return self._deferred.get(dataset)
+
     def read(self, unit: dict) -> tuple[pl.DataFrame, dict[str, int], dict[str, list]]:
         if unit["kind"] == "table":
             df = pl.scan_parquet(self.meta / "plan.parquet").slice(unit["offset"], unit["rows"]).collect()
+            if ROW in df.columns:
+                d = self._take_plan(unit["dataset"])
+                if d is not None:
+                    ds = next(x for x in self.p.datasets if x.name == unit["dataset"])
+                    taken = ds.source.take(d["deferred"], df[ROW].to_numpy(), d["take_state"])
+                    df = df.with_columns(taken[c].cast(df.schema[c]) for c in d["deferred"])
+                df = df.drop(ROW)
             return df, {}, {}
         ds = next(d for d in self.p.datasets if d.name == unit["dataset"])
         pinfo = unit["partition"]

@@ -53,6 +53,11 @@ class DatasetPlan:
         self.frame: pl.LazyFrame | None = None
         self.partitions: list[Partition] | None = None
         self.fingerprint: dict = {}
+        #: binary columns the plan file does not copy (units read them with source.take)
+        self.deferred: list[str] = []
+        self.take_state: dict | None = None
+        #: what goes into the plan file: ``frame`` with the deferred columns null, plus ROW
+        self.stored: pl.LazyFrame | None = None
 
     def summary(self) -> dict:
         return {
@@ -64,6 +69,7 @@ class DatasetPlan:
             "dup_added": self.dup_added,
             "planned": self.planned,
             "partitions": len(self.partitions) if self.partitions is not None else None,
+            **({"deferred": self.deferred, "take_state": self.take_state} if self.deferred else {}),
         }
 
 
@@ -118,7 +124,7 @@ def analyse(pipeline: Pipeline) -> list[DatasetPlan]:
             errors.extend(errs)
             continue
         try:
-            _plan_table(dp, lf, schema, seed)
+            _plan_table(dp, lf, schema, seed, pipeline.run_options.defer_binary)
         except ConfigError as e:
             errors.extend(e.errors)
         except pl.exceptions.PolarsError as e:
@@ -145,14 +151,26 @@ def _media_column_errors(pipeline: Pipeline, schemas: list[pl.Schema]) -> list[s
     ]
 
 
-def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int) -> None:
+def has_binary(dtype: pl.DataType) -> bool:
+    """Whether a column of this type holds binary data (image bytes), at any nesting depth."""
+    if dtype == pl.Binary:
+        return True
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return has_binary(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(has_binary(f.dtype) for f in dtype.fields)
+    return False
+
+
+def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int, defer: bool = True) -> None:
     ds, i = dp.ds, dp.index
     derived = not ds.key.column and "key" not in schema
+    deferred = [c for c, t in schema.items() if has_binary(t) and c not in ("key", "dataset")] if defer and ds.source.supports_take else []
     if ds.key.column:
         lf = lf.with_columns(sanitize_key_expr(pl.col(ds.key.column)).alias("key"))
     elif not derived:
         lf = lf.with_columns(sanitize_key_expr(pl.col("key")).alias("key"))
-    else:  # the source row index now; formatted into the key once the rows are selected
+    if derived or deferred:  # the source row index: formatted into the key / where units take the bytes from
         lf = lf.with_row_index(ROW)
 
     # filters, sequentially, counting each one's rejections
@@ -184,9 +202,9 @@ def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int)
             lf = lf.with_row_index("__pick").filter(pl.col("__pick").is_in(pl.Series(picks, dtype=pl.UInt32).implode())).drop("__pick")
     kept = n
     if derived:
-        lf = lf.with_columns(
-            pl.format("{}-{}", pl.lit(ds.slug), pl.col(ROW).cast(pl.String).str.zfill(KEY_WIDTH)).alias("key")
-        ).drop(ROW)
+        lf = lf.with_columns(pl.format("{}-{}", pl.lit(ds.slug), pl.col(ROW).cast(pl.String).str.zfill(KEY_WIDTH)).alias("key"))
+        if not deferred:
+            lf = lf.drop(ROW)
     if s.hash_fraction is not None and s.hash_fraction < 1:
         frac = s.hash_fraction
         lf = lf.filter(
@@ -210,7 +228,16 @@ def _plan_table(dp: DatasetPlan, lf: pl.LazyFrame, schema: pl.Schema, seed: int)
                 lf.group_by("key").agg(pl.len().alias("n")).filter(pl.col("n") > 1).select("key").limit(3).collect()["key"].to_list()
             )
             raise _err(i, f"keys are not unique after sanitising ({n_ - u_} duplicates, e.g. {dup}); add a dedup filter", "key")
-    dp.frame = lf
+    if deferred:
+        dp.deferred = deferred
+        try:
+            dp.take_state = ds.source.take_state()
+        except Exception as e:
+            raise _err(i, f"cannot index the input for reading its binary columns back: {type(e).__name__}: {e}") from None
+        dp.stored = lf.with_columns([pl.lit(None, dtype=schema[c]).alias(c) for c in deferred])
+        dp.frame = lf.drop(ROW)
+    else:
+        dp.frame = dp.stored = lf
 
 
 def _check_concat(plans: list[DatasetPlan], pipeline: Pipeline) -> None:
@@ -263,7 +290,8 @@ def build_units(plans: list[DatasetPlan], samples_per_unit: int) -> list[dict]:
 
 
 def table_frame(plans: list[DatasetPlan]) -> pl.LazyFrame | None:
-    frames = [dp.frame for dp in plans if dp.frame is not None]
+    """What the plan file holds: every table dataset's planned rows, deferred columns null."""
+    frames = [dp.stored for dp in plans if dp.stored is not None]
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
