@@ -115,13 +115,16 @@ class ParquetSource(TableSource):
         return pl.scan_parquet(handles)
 
     # -- take -------------------------------------------------------------------------------
-    def _identity(self, url: str) -> dict[str, Any]:
-        """Size plus what tells a rewrite apart (local mtime, object ETag/last-modified)."""
-        if is_local(url):
-            st = os.stat(url[len("file://"):] if url.startswith("file://") else url)
+    def _identity(self, url: str, src) -> dict[str, Any]:
+        """Size plus what tells a rewrite apart (local mtime, object ETag/last-modified), of the
+        file ``src`` (from :meth:`_open`) holds open: a remote handle already has its details."""
+        if isinstance(src, str):
+            st = os.stat(src)
             return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        fs, p = url_filesystem(url, self.options.storage_options)
-        info = fs.info(p)
+        info = getattr(src, "details", None)
+        if not info:
+            fs, p = url_filesystem(url, self.options.storage_options)
+            info = fs.info(p)
         ident = {"size": info.get("size")}
         for k in ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated", "generation"):
             if info.get(k) is not None:
@@ -141,11 +144,10 @@ class ParquetSource(TableSource):
         for f in self.files():
             src = self._open(f)
             try:
-                rows = pq.read_metadata(src).num_rows
+                files.append({"url": f, "rows": pq.read_metadata(src).num_rows, **self._identity(f, src)})
             finally:
                 if not isinstance(src, str):
                     src.close()
-            files.append({"url": f, "rows": rows, **self._identity(f)})
         return {"files": files}
 
     def take(self, columns: list[str], rows, state: dict[str, Any]) -> pl.DataFrame:
@@ -162,18 +164,18 @@ class ParquetSource(TableSource):
         pieces, order = [], []
         for fi in np.unique(which):
             f = files[fi]
-            now = self._identity(f["url"])
-            changed = [f"{k} {v} -> {now.get(k)}" for k, v in f.items() if k not in ("url", "rows") and now.get(k) != v]
-            if changed:
-                raise RuntimeError(
-                    f"input file {redact(f['url'])} changed since the plan was made ({', '.join(changed)}); "
-                    "its rows can no longer be read back: rerun with --overwrite"
-                )
             sel = np.nonzero(which == fi)[0]
             local = rows[sel] - starts[fi]
             lo, hi = int(local.min()), int(local.max()) + 1
             src = self._open(f["url"])
             try:
+                now = self._identity(f["url"], src)
+                changed = [f"{k} {v} -> {now.get(k)}" for k, v in f.items() if k not in ("url", "rows") and now.get(k) != v]
+                if changed:
+                    raise RuntimeError(
+                        f"input file {redact(f['url'])} changed since the plan was made ({', '.join(changed)}); "
+                        "its rows can no longer be read back: rerun with --overwrite"
+                    )
                 chunk = pl.scan_parquet(src).slice(lo, hi - lo).select(src_cols).collect()
             finally:
                 if not isinstance(src, str):

@@ -274,6 +274,7 @@ class Fetcher:
             if conn is None:
                 conn = self._open(parts, https, port, proxy, shown, via)
             keep = False  # whether the connection goes back to the pool
+            resp = None
             try:
                 # the socket itself: a "Connection: close" response hands it to the response, conn.sock is None then
                 sock = conn.sock
@@ -322,8 +323,9 @@ class Fetcher:
                 keep = self.keep_alive and not resp.will_close
                 return body
             finally:
-                if keep and not resp.will_close:
-                    resp.close()
+                if resp is not None:
+                    resp.close()  # after a "Connection: close" response it holds the socket
+                if keep:
                     self._checkin(key, conn)
                 else:
                     conn.close()
