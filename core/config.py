@@ -66,6 +66,11 @@ class RunOptions(Options):
     """Worker processes of the local executor."""
     samples_per_unit: int = Field(default=10_000, ge=1)
     """Rows per work unit (table sources); the unit is the unit of commit and resume."""
+    read_ahead: int = Field(default=1, ge=0)
+    """Units read ahead, in a thread, while the current unit is processed when units run in the driver
+    (`workers: 1`, e.g. one GPU): the next unit's input read overlaps this one's encoding and writing.
+    Each holds one more unit in memory; 0 reads each unit when its turn comes. (With several worker
+    processes their reads already overlap each other's work.)"""
     defer_binary: bool = True
     """Binary columns (image bytes, at any nesting) of inputs that support it (parquet) are not copied
     into `_mmprep/plan.parquet`: the plan keeps each row's position and every unit reads those columns
@@ -104,7 +109,7 @@ class PipelineDoc(Options):
 
 
 #: Run options that do not change the output: excluded from the config hash.
-RUNTIME_ONLY = ("out", "work_dir", "storage_options", "workers", "executor", "ray_address", "ray_encoder_actors", "overwrite", "device", "processes")
+RUNTIME_ONLY = ("out", "work_dir", "storage_options", "workers", "executor", "ray_address", "ray_encoder_actors", "overwrite", "device", "processes", "read_ahead")
 
 
 @dataclass

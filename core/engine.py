@@ -23,6 +23,7 @@ pipeline skips completed units.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -31,9 +32,11 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 
@@ -392,13 +395,43 @@ class UnitRunner:
         good = df.filter(pl.col(REJECT_REASON).is_null())
         return good.drop([c for c in RESERVED if c in good.columns])
 
-    def run_unit(self, unit: dict) -> dict:
-        t0 = time.perf_counter()
-        started = time.time()
-        df, rejected, examples = self.read(unit)
+    def timed_read(self, unit: dict) -> tuple[tuple[pl.DataFrame, dict[str, int], dict[str, list]], float, float]:
+        """:meth:`read` plus its wall-clock start and duration."""
+        started, t0 = time.time(), time.perf_counter()
+        return self.read(unit), started, time.perf_counter() - t0
+
+    def read_ahead(self, units: list[dict], ahead: int) -> Iterator[tuple[dict, Any]]:
+        """Each unit with its :meth:`timed_read` result (or the exception it raised), reading
+        up to ``ahead`` units ahead in a thread while the caller processes the current one
+        (polars and the sources' I/O release the GIL, so the read overlaps encoding and writing)."""
+        if ahead <= 0:
+            for u in units:
+                yield u, None
+            return
+        it = iter(units)
+        with ThreadPoolExecutor(1, thread_name_prefix="mmprep-read-ahead") as pool:
+            pending = deque((u, pool.submit(self.timed_read, u)) for u in itertools.islice(it, ahead + 1))
+            while pending:
+                u, fut = pending.popleft()
+                try:
+                    data = fut.result()
+                except Exception as e:  # reported by the caller, for this unit
+                    data = e
+                yield u, data
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(self.timed_read, nxt)))
+
+    def run_unit(self, unit: dict, read: Any = None) -> dict:
+        """Run one unit: read (unless ``read``, a :meth:`timed_read` result, is given), the
+        stages, the writers, and commit."""
+        if isinstance(read, BaseException):
+            raise read
+        (df, rejected, examples), started, read_s = read if read is not None else self.timed_read(unit)
+        t0 = time.perf_counter() - read_s
         rows_in = df.height + sum(rejected.values())
         statuses: list[pl.DataFrame] = []
-        timings: dict[str, float] = {"read": time.perf_counter() - t0}
+        timings: dict[str, float] = {"read": read_s}
         stages: list[tuple[str, Any]] = []
         if self.p.media is not None:
             stages.append(("media", self.p.media.process))
@@ -509,7 +542,8 @@ def _merge_move(src: Path, dst: Path) -> None:
 _RUNNER: UnitRunner | None = None
 
 
-def _worker_init(doc: dict, base_dir: str, source: str | None, out: str, device: str, counter, remote=None) -> None:
+def _worker_init(doc: dict, base_dir: str, source: str | None, out: str, device: str, counter, remote=None,
+                 n_workers: int = 1) -> None:
     global _RUNNER
     idx = 0
     if counter is not None:
@@ -517,6 +551,7 @@ def _worker_init(doc: dict, base_dir: str, source: str | None, out: str, device:
             idx = counter.value
             counter.value += 1
     os.environ["MMPREP_WORKER_INDEX"] = str(idx)
+    os.environ["MMPREP_LOCAL_WORKERS"] = str(n_workers)  # components size their thread pools by it
     pipeline = build_pipeline(doc, base_dir=Path(base_dir), source=source, interpolate_env=False)
     if pipeline.encoders:
         device = _device_for_worker(device, idx)
@@ -686,9 +721,9 @@ def run(
             run_units_ray(pipeline, out, todo, workers, progress, on_fail, remote=remote)
         elif workers <= 1 or len(todo) <= 1 or not needs_processes(pipeline):
             runner = UnitRunner(pipeline, out, remote=remote)
-            for u in todo:
+            for u, read in runner.read_ahead(todo, ro.read_ahead):
                 try:
-                    progress.update(runner.run_unit(u))
+                    progress.update(runner.run_unit(u, read))
                 except MmprepError as e:
                     on_fail(u, e, traceback.format_exc())
                 except Exception as e:
@@ -758,8 +793,9 @@ def _run_pool(pipeline: Pipeline, out: Path, todo: list[dict], workers: int, pro
 
     ctx = mp.get_context("spawn")  # polars' thread pool is not fork-safe
     counter = ctx.Value("i", 0)
-    args = (pipeline.worker_doc, str(pipeline.base_dir), pipeline.source_path, str(out), pipeline.run_options.device, counter, remote)
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=args) as pool:
+    n = min(workers, len(todo))
+    args = (pipeline.worker_doc, str(pipeline.base_dir), pipeline.source_path, str(out), pipeline.run_options.device, counter, remote, n)
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init, initargs=args) as pool:
         futures = {pool.submit(_worker_run, u): u for u in todo}
         for fut in as_completed(futures):
             u = futures[fut]

@@ -58,6 +58,27 @@ def test_clip_matches_transformers_two_columns_pooled_truncation(models):
     assert REJECT_REASON not in out.columns
 
 
+@pytest.mark.parametrize("kind,klass", [("clip", ClipTextEncoder), ("t5", T5TextEncoder), ("lm", LlmMeanEncoder)])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_tokenize_equals_the_tokenizers_own_truncation_and_padding(models, kind, klass, padding_side):
+    """One pass + re-tokenising only the long texts gives exactly tokenizer(..., truncation=True),
+    for max_length and longest padding, on either padding side, with exact truncation flags."""
+    enc = build(klass, model=str(models[kind]), max_length=12)
+    tok = enc.tokenizer
+    tok.padding_side = padding_side
+    words = "the quick brown fox jumps over a lazy dog at night".split()
+    rng = np.random.default_rng(1)
+    texts = ["", "a"] + [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 9, size=40)]
+    full = [len(x) for x in tok(texts, truncation=False, verbose=False)["input_ids"]]
+    for padding in ("max_length", "longest"):
+        ids, mask, truncated = enc.tokenize(texts, padding=padding)
+        ref = tok(texts, max_length=12, padding=padding, truncation=True, return_tensors="np")
+        np.testing.assert_array_equal(ids.numpy(), ref["input_ids"])
+        np.testing.assert_array_equal(mask.numpy(), ref["attention_mask"])
+        assert truncated.tolist() == [n > 12 for n in full]
+    assert any(n > 12 for n in full) and any(n <= 12 for n in full)
+
+
 def test_t5_pad_stripping_and_store_pad_tokens(models):
     import torch
     from transformers import AutoTokenizer, T5EncoderModel
@@ -109,16 +130,68 @@ def test_llm_mean_pooling_matches_manual(models):
     assert enc.stats()["truncated"] == 1
 
 
-def test_open_clip_text_needs_the_extra():
-    pytest.importorskip("torch")
-    try:
-        import open_clip  # noqa: F401
-
-        pytest.skip("open_clip is installed")
-    except ImportError:
-        pass
+def test_open_clip_text_needs_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if not installed
     enc = OpenClipTextEncoder(OpenClipTextEncoder.Options(model="hf-hub:apple/DFN5B-CLIP-ViT-H-14"), Context())
     with pytest.raises(RuntimeError, match=r"mmprep-encoders\[open-clip\]"):
+        enc.setup("cpu")
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(tmp_path_factory):
+    """A tiny open_clip CLIP saved as a local-dir model (open_clip_config.json + safetensors),
+    the layout of an open_clip hf-hub repo: loaded through the same factory path."""
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("open_clip_tiny")
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    return d
+
+
+def test_open_clip_text_matches_micro_diffusions_forward(open_clip_dir):
+    """All 77 token states after ln_final, as micro_diffusion's openclip_text_encoder computes
+    them; the 'openclip:' prefix is accepted; truncation is told apart from an exact fit."""
+    import open_clip
+    import torch
+
+    name = f"local-dir:{open_clip_dir}"
+    exact = " ".join(["cat"] * 75)  # start + 75 tokens + end: fills the context without truncation
+    texts = ["a photo of a cat", "", LONG, exact, None]
+    enc = build(OpenClipTextEncoder, model=f"openclip:{name}", batch_size=2, truncation_column=True)
+    assert enc.output_columns() == {"caption_latents": {"dtype": "float32", "shape": [77, 32]}}
+    out = enc.encode(frame(texts))
+    assert out["caption_latents_truncated"].to_list() == [False, False, True, False, False]
+    assert enc.stats() == {"encoded": 5, "non_finite": 0, "truncated": 1}
+    assert enc.identity()["weights"].startswith("sha256:") and enc.identity()["model"] == name
+
+    m, _, _ = open_clip.create_model_and_transforms(name)
+    m.eval()
+    ids = open_clip.get_tokenizer(name)([t or "" for t in texts])
+    with torch.no_grad():
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(ids).to(cast) + m.positional_embedding.to(cast)
+        ref = m.ln_final(m.transformer(x, attn_mask=m.attn_mask)).numpy()
+        pooled = m.encode_text(ids).numpy()
+    got = np.stack(arrays(out, "caption_latents", [77, 32]))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # the EOT state projected is open_clip's own text embedding: same model, same weights
+    eot = ids.argmax(-1).numpy()
+    np.testing.assert_allclose(got[np.arange(5), eot] @ m.text_projection.detach().numpy(), pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_open_clip_text_refuses_a_longer_context(open_clip_dir):
+    enc = OpenClipTextEncoder(OpenClipTextEncoder.Options(model=f"local-dir:{open_clip_dir}", max_length=100), Context())
+    with pytest.raises(ValueError, match="exceeds .* context length 77"):
         enc.setup("cpu")
 
 

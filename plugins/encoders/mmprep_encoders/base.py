@@ -19,7 +19,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -30,6 +30,8 @@ from mmprep import REJECT_MESSAGE, REJECT_REASON, Encoder, Options
 log = logging.getLogger("mmprep.encoders")
 
 DTYPES = ("float32", "float16", "bfloat16")
+#: most bytes in one Arrow chunk of a binary output column (its offsets are int32)
+CHUNK_BYTES = 2**31 - 1
 
 
 class EncoderOptions(Options):
@@ -58,7 +60,9 @@ class EncoderOptions(Options):
         description="Prepare the next batch on CPU (decode/tokenise, pin) in a thread while the device computes; default: on for CUDA",
     )
     preprocess_threads: int = Field(
-        default=0, ge=0, description="Threads decoding/resizing images of one batch; 0 = auto (min(8, CPUs) on CUDA, 1 on CPU)"
+        default=0,
+        ge=0,
+        description="Threads decoding/resizing images of one batch; 0 = auto: on CUDA the CPUs of this process divided among the host's workers (at most 32), on CPU 1",
     )
 
     @field_validator("device")
@@ -139,6 +143,15 @@ def weights_hash(model: str, subfolder: str | None = None, revision: str | None 
         if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name == "config.json")
     )
     key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _sha256(files, key)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of one weights file (cached per process by path, size and mtime)."""
+    return _sha256([path], ((str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),))
+
+
+def _sha256(files: list[Path], key: tuple) -> str:
     with _HASH_LOCK:
         if key in _HASH_CACHE:
             return _HASH_CACHE[key]
@@ -195,7 +208,9 @@ class TorchEncoder(Encoder):
         raise TypeError(f"{type(self).__name__} must implement prepare()")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Device work: returns {output column: tensor [B, ...] or list of [n_i, ...] tensors}."""
+        """Device work, queued without syncing the device (no ``.item()``/``.tolist()``/``.cpu()``):
+        returns {output column: tensor [B, ...], :class:`Ragged` (padded tensor + host lengths),
+        or a list of [n_i, ...] tensors}. The base class casts, checks and copies the outputs."""
         raise TypeError(f"{type(self).__name__} must implement forward()")
 
     def reject_rows(self, df: pl.DataFrame) -> tuple[list[str | None], list[str | None]]:
@@ -262,6 +277,21 @@ class TorchEncoder(Encoder):
             return self.options.dtype
         return "bfloat16" if self.on_cuda else "float32"
 
+    def preprocess_threads(self) -> int:
+        """Resolved ``preprocess_threads``: on CUDA, auto shares this process's CPUs among the
+        host's worker processes (``MMPREP_LOCAL_WORKERS``, set by the local executor); on CPU
+        the cores belong to the model's own forward pass, so auto is 1."""
+        if self.options.preprocess_threads:
+            return self.options.preprocess_threads
+        if not self.on_cuda:
+            return 1
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        workers = max(1, int(os.environ.get("MMPREP_LOCAL_WORKERS", "1") or 1))
+        return max(1, min(32, cpus // workers))
+
     def pin(self, t):
         """Pin a CPU tensor when the device is CUDA (enables non_blocking copies)."""
         return t.pin_memory() if self.on_cuda else t
@@ -274,7 +304,13 @@ class TorchEncoder(Encoder):
         return dict(self._counters)
 
     def encode(self, df: pl.DataFrame) -> pl.DataFrame:
-        """Encode the unit's rows in batches; add output columns; reject per sample."""
+        """Encode the unit's rows in batches; add output columns; reject per sample.
+
+        Two batches are in flight: batch k's outputs start copying to pinned host memory
+        right after its forward pass is queued, and are gathered while the device runs batch
+        k+1 (whose inputs the prefetch thread prepared during batch k), so the device never
+        waits for the host between batches.
+        """
         import torch
 
         self._ensure_loaded()
@@ -284,10 +320,12 @@ class TorchEncoder(Encoder):
         todo = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
         bs = self.options.batch_size
         chunks = [todo[i : i + bs] for i in range(0, len(todo), bs)]
-        results: dict[str, list[Any]] = {c: [None] * n for c in self.output_columns()}
+        np_dtype = np.dtype(self.options.storage_dtype).newbyteorder("<")
+        columns = {name: _Column(name, n, spec, np_dtype, self.output_format) for name, spec in self.output_columns().items()}
 
         prefetch = self.options.prefetch if self.options.prefetch is not None else self.on_cuda
         pool = ThreadPoolExecutor(1, thread_name_prefix="mmprep-prefetch") if prefetch and len(chunks) > 1 else None
+        in_flight = None
         try:
             pending = pool.submit(self.prepare, df[chunks[0]]) if (pool and chunks) else None
             for ci, idx in enumerate(chunks):
@@ -297,57 +335,90 @@ class TorchEncoder(Encoder):
                 else:
                     batch = self.prepare(df[idx])
                 with torch.inference_mode():
-                    out = self._compiled(batch)
-                    self._collect(out, idx, results, reasons, messages)
+                    staged = self._start_copy(self._compiled(batch), idx)
+                del batch
+                if in_flight is not None:
+                    self._finish(in_flight, columns, reasons, messages)
+                in_flight = staged
+            if in_flight is not None:
+                self._finish(in_flight, columns, reasons, messages)
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
         if self.options.sequential:
             self.unload()
-
-        cols = [self._column(name, vals) for name, vals in results.items()]
-        df = df.with_columns(cols)
+        df = df.with_columns(c.series() for c in columns.values())
         return _merge_rejects(df, reasons, messages)
 
-    def _collect(self, out: dict[str, Any], idx: np.ndarray, results, reasons, messages) -> None:
+    def _host(self, t):
+        """Start copying a device tensor into pinned host memory (a CPU tensor is returned as is)."""
         import torch
 
-        np_dtype = np.dtype(self.options.storage_dtype).newbyteorder("<")
-        tdt = torch_dtype(self.options.storage_dtype)
-        for name, val in out.items():
-            if isinstance(val, torch.Tensor):
-                finite = torch.isfinite(val.float()).reshape(val.shape[0], -1).all(dim=1).cpu().numpy()
-                arrs = val.to(tdt).cpu().numpy()
-                items = [arrs[i] for i in range(arrs.shape[0])]
-            else:  # list of per-sample tensors (variable length)
-                finite = np.array([bool(torch.isfinite(v.float()).all()) for v in val], dtype=bool)
-                items = [v.to(tdt).cpu().numpy() for v in val]
-            for j, row in enumerate(idx):
-                if not finite[j]:
-                    if reasons[row] is None:
-                        reasons[row] = "non_finite"
-                        messages[row] = f"{self.name}: {name} has NaN/inf values"
-                        self._counters["non_finite"] += 1
-                    continue
-                a = np.ascontiguousarray(items[j], dtype=np_dtype)
-                results[name][row] = a.tobytes() if self.output_format == "bytes" else a
-        self._counters["encoded"] += len(idx)
+        if t.device.type == "cpu":
+            return t
+        h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        h.copy_(t, non_blocking=True)
+        return h
 
-    def _column(self, name: str, vals: list[Any]) -> pl.Series:
-        if self.output_format == "bytes":
-            return pl.Series(name, vals, dtype=pl.Binary)
-        spec = self.output_columns()[name]
-        shape = spec["shape"] or []
-        pdt = pl.Float16 if self.options.storage_dtype == "float16" else pl.Float32
-        inner: Any = pdt
-        fixed = [d for d in shape if d is not None]
-        if None in shape:
-            for d in reversed(shape[1:]):
-                inner = pl.Array(inner, d)
-            dtype = pl.List(inner)
-            return pl.Series(name, [None if v is None else v for v in vals], dtype=dtype)
-        dtype = pl.Array(pdt, tuple(fixed)) if fixed else pdt
-        return pl.Series(name, vals, dtype=dtype)
+    def _start_copy(self, out: dict[str, Any], idx: np.ndarray) -> tuple:
+        """Queue the cast to the storage dtype, a per-sample finiteness check and the copies to
+        the host for one batch's outputs (tensor [B, ...], :class:`Ragged`, or a list of
+        per-sample tensors); returns what :meth:`_finish` gathers once they are done.
+
+        The check is on the stored values (a float32 value beyond float16's range is stored
+        as inf, so it is caught too): a sample whose float32 sum is finite has only finite
+        values; the few whose sum is not are checked value by value on the host, so a sum
+        that merely overflows never rejects a sample.
+        """
+        import torch
+
+        tdt = torch_dtype(self.options.storage_dtype)
+        staged: dict[str, tuple] = {}
+        for name, val in out.items():
+            if isinstance(val, Ragged):
+                values, lengths = val.values.to(tdt), torch.as_tensor(val.lengths, dtype=torch.int64).cpu()
+                inside = torch.arange(values.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
+                inside = inside.to(values.device).reshape(*inside.shape, *([1] * (values.dim() - 2)))
+                sums = torch.where(inside, values, 0).flatten(1).sum(1, dtype=torch.float32)
+                staged[name] = ("ragged", self._host(torch.isfinite(sums)), self._host(values), lengths.numpy())
+            elif isinstance(val, torch.Tensor):
+                values = val.to(tdt)
+                sums = values.flatten(1).sum(1, dtype=torch.float32) if values.dim() > 1 else values.float()
+                staged[name] = ("dense", self._host(torch.isfinite(sums)), self._host(values))
+            else:  # a list of per-sample tensors
+                values = [v.to(tdt) for v in val]
+                sums = torch.stack([v.sum(dtype=torch.float32) for v in values]) if values else torch.zeros(0)
+                staged[name] = ("list", self._host(torch.isfinite(sums)), [self._host(v) for v in values])
+        event = None
+        if self.on_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        return staged, event, idx
+
+    def _finish(self, in_flight: tuple, columns: dict[str, _Column], reasons, messages) -> None:
+        staged, event, idx = in_flight
+        if event is not None:
+            event.synchronize()
+        for name, item in staged.items():
+            if name not in columns:
+                raise KeyError(f"{self.name}: produced output {name!r}, which output_columns() does not declare")
+            kind, finite = item[0], item[1].numpy().copy()
+            if kind == "dense":
+                values = item[2].numpy()
+            elif kind == "ragged":
+                host = item[2].numpy()
+                values = [host[j, :m] for j, m in enumerate(item[3])]
+            else:
+                values = [v.numpy() for v in item[2]]
+            for j in np.flatnonzero(~finite):
+                finite[j] = bool(np.isfinite(values[j]).all())  # the sum overflowed, or a value is not finite
+                row = idx[j]
+                if not finite[j] and reasons[row] is None:
+                    reasons[row] = "non_finite"
+                    messages[row] = f"{self.name}: {name} has NaN/inf values"
+                    self._counters["non_finite"] += 1
+            columns[name].put(idx, values, finite, self.name)
+        self._counters["encoded"] += len(idx)
 
     # ---- identity ----
     def base_identity(self) -> dict[str, Any]:
@@ -372,6 +443,96 @@ def _merge_rejects(df: pl.DataFrame, reasons: list[str | None], messages: list[s
     if REJECT_MESSAGE in df.columns:
         m = pl.select(pl.when(had).then(df[REJECT_MESSAGE]).otherwise(m)).to_series()
     return df.with_columns(r.alias(REJECT_REASON), m.alias(REJECT_MESSAGE))
+
+
+class Ragged(NamedTuple):
+    """Variable-length outputs of a batch as one padded tensor: sample i is
+    ``values[i, :lengths[i]]`` (``lengths`` on the host). One copy to the host per batch
+    instead of one per sample."""
+
+    values: Any
+    lengths: Any
+
+
+class _Column:
+    """One output column of a unit, gathered batch by batch in the storage dtype.
+
+    Fixed shapes go into one contiguous array that becomes the column without another copy
+    (an Arrow binary array over its buffer, or a polars Array); variable first dimensions
+    are kept per sample and joined once. Samples never filled are null.
+    """
+
+    def __init__(self, name: str, n: int, spec: dict[str, Any], np_dtype: np.dtype, fmt: str):
+        self.name, self.n, self.np_dtype, self.fmt = name, n, np_dtype, fmt
+        self.shape = list(spec.get("shape") or [])
+        self.fixed = None not in self.shape
+        self.valid = np.zeros(n, dtype=bool)
+        self.buf = np.empty((n, *self.shape), dtype=np_dtype) if self.fixed else None
+        self.rows: list[np.ndarray | None] = [] if self.fixed else [None] * n
+
+    def put(self, idx: np.ndarray, values, ok: np.ndarray, encoder: str) -> None:
+        rows = idx[ok]
+        if self.fixed:
+            dense = isinstance(values, np.ndarray)
+            for v in (values[:1] if dense else values):
+                if list(v.shape) != self.shape:
+                    raise ValueError(f"{encoder}: output {self.name!r} has shape {list(v.shape)} per sample, declared {self.shape}")
+            if not dense:
+                values = np.stack(values) if len(values) else np.zeros((0, *self.shape), self.np_dtype)
+            if ok.all() and len(idx) and idx[-1] - idx[0] == len(idx) - 1:
+                self.buf[idx[0] : idx[-1] + 1] = values  # consecutive rows: one copy
+            elif len(rows):
+                self.buf[rows] = values[ok]
+        else:
+            for r, v in zip(rows, (v for v, k in zip(values, ok) if k)):
+                if list(v.shape[1:]) != self.shape[1:]:
+                    raise ValueError(f"{encoder}: output {self.name!r} has shape {list(v.shape)} per sample, declared {self.shape}")
+                self.rows[r] = np.ascontiguousarray(v, dtype=self.np_dtype)
+        self.valid[rows] = True
+
+    def series(self) -> pl.Series:
+        if self.fmt == "bytes":
+            return self._binary()
+        if self.fixed:
+            s = pl.Series(self.name, self.buf)
+            if not self.valid.all():
+                s = pl.select(pl.when(pl.Series(self.valid)).then(s)).to_series()
+            return s.alias(self.name)
+        inner: Any = pl.Float16 if self.np_dtype.itemsize == 2 else pl.Float32
+        for d in reversed(self.shape[1:]):
+            inner = pl.Array(inner, d)
+        return pl.Series(self.name, self.rows, dtype=pl.List(inner))
+
+    def _binary(self) -> pl.Series:
+        import pyarrow as pa
+
+        if self.fixed:
+            rowbytes = int(np.prod(self.shape, dtype=np.int64)) * self.np_dtype.itemsize
+            flat = self.buf.reshape(self.n, -1).view(np.uint8) if self.n else np.zeros((0, 0), np.uint8)
+            per = max(1, CHUNK_BYTES // max(rowbytes, 1))
+            chunks = []
+            for start in range(0, self.n, per):
+                part, valid = flat[start : start + per], self.valid[start : start + per]
+                offsets = np.arange(part.shape[0] + 1, dtype=np.int32) * np.int32(rowbytes)
+                chunks.append(_arrow_binary(pa.binary(), part.reshape(-1), offsets, valid))
+            if not chunks:
+                return pl.Series(self.name, [], dtype=pl.Binary)
+            return pl.from_arrow(pa.chunked_array(chunks, type=pa.binary())).alias(self.name).cast(pl.Binary)
+        sizes = np.array([0 if v is None else v.nbytes for v in self.rows], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        data = np.concatenate([v.reshape(-1).view(np.uint8) for v in self.rows if v is not None] or [np.zeros(0, np.uint8)])
+        arr = _arrow_binary(pa.large_binary(), data, offsets, self.valid)
+        return pl.from_arrow(arr).alias(self.name).cast(pl.Binary)
+
+
+def _arrow_binary(typ, data: np.ndarray, offsets: np.ndarray, valid: np.ndarray):
+    """An Arrow (large) binary array over ``data`` without copying it."""
+    import pyarrow as pa
+
+    nulls = int(len(valid) - valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(typ, len(valid), [bitmap, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))],
+                                 null_count=nulls)
 
 
 def batched(seq: list, n: int) -> Iterator[list]:

@@ -11,13 +11,14 @@ the writers can store. Truncation never rejects a sample.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from .base import EncoderOptions, TorchEncoder, read_config, weights_hash
+from .base import EncoderOptions, Ragged, TorchEncoder, file_hash, read_config, weights_hash
 
 
 class TextOptions(EncoderOptions):
@@ -134,18 +135,45 @@ class TextEncoder(TorchEncoder):
         self.tokenizer = None
 
     # ---- per batch ----
-    def tokenize(self, texts: list[str], padding: str | bool = "max_length"):
+    def tokenize(self, texts: list[str], padding: str = "max_length"):
+        """Token ids and attention mask (pinned on CUDA) plus a truncated flag per text.
+
+        One tokeniser pass without truncation gives every text's exact length; only the texts
+        over ``max_length`` are tokenised again with the tokeniser's own truncation (which keeps
+        its special tokens, e.g. CLIP's end-of-text), then all are padded with the tokeniser's
+        pad id on its padding side: the same ids and mask as ``tokenizer(texts,
+        max_length=..., padding=..., truncation=True)``, at about half the cost of calling it
+        and counting truncations with a second full pass. ``padding``: ``max_length`` or
+        ``longest`` (the batch's longest, at most ``max_length``).
+        """
         import torch
 
-        o = self.options
-        tok = self.tokenizer(
-            texts, max_length=o.max_length, padding=padding, truncation=True, return_tensors="pt"
-        )
-        full = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)["input_ids"]
-        truncated = np.array([len(ids) > o.max_length for ids in full], dtype=bool)
-        ids = self.pin(tok["input_ids"])
-        mask = self.pin(tok["attention_mask"]) if "attention_mask" in tok else self.pin(torch.ones_like(tok["input_ids"]))
-        return ids, mask, truncated
+        tok = self.tokenizer
+        limit = self.options.max_length
+        kw = {"add_special_tokens": True, "padding": False, "return_attention_mask": False, "verbose": False}
+        seqs = list(tok(texts, truncation=False, **kw)["input_ids"])
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        truncated = lengths > limit
+        if truncated.any():
+            long = np.flatnonzero(truncated)
+            again = tok([texts[i] for i in long], truncation=True, max_length=limit, **kw)["input_ids"]
+            for i, ids in zip(long, again):
+                seqs[i] = ids
+            lengths[long] = [len(ids) for ids in again]
+        width = limit if padding == "max_length" else int(lengths.max(initial=0))
+        if tok.pad_token_id is None:
+            raise ValueError(f"{self.name}: the tokenizer of {self.options.model} has no pad token")
+        ids = np.full((len(seqs), width), tok.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        if len(seqs) and lengths.sum():
+            rows = np.repeat(np.arange(len(seqs)), lengths)
+            starts = np.cumsum(lengths) - lengths
+            cols = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+            if tok.padding_side == "left":
+                cols += np.repeat(width - lengths, lengths)
+            ids[rows, cols] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+            mask[rows, cols] = 1
+        return self.pin(torch.from_numpy(ids)), self.pin(torch.from_numpy(mask)), truncated
 
     def prepare(self, rows: pl.DataFrame) -> dict[str, Any]:
         batch: dict[str, Any] = {}
@@ -162,19 +190,20 @@ class TextEncoder(TorchEncoder):
             out = out.with_columns(pl.Series(f"{n}_truncated", f, dtype=pl.Boolean) for n, f in self._trunc_flags.items())
         return out
 
-    def _collect(self, out, idx, results, reasons, messages) -> None:
+    def _start_copy(self, out, idx):
         for name, flags in out.pop("_truncated", {}).items():
             self._trunc_flags[name][idx] = flags
             self._counters["truncated"] += int(flags.sum())
-        super()._collect(out, idx, results, reasons, messages)
+        return super()._start_copy(out, idx)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"_truncated": {}}
         for name, (ids, mask, truncated) in batch.items():
             out["_truncated"][name] = truncated
+            lengths = mask.sum(dim=1)  # on the host: no device sync
             ids, mask = self.to_device(ids), self.to_device(mask)
             with self.autocast():
-                res = self.run_model(ids, mask)
+                res = self.run_model(ids, mask, lengths)
             if isinstance(res, dict):
                 for suffix, v in res.items():
                     out[name + suffix] = v
@@ -182,7 +211,9 @@ class TextEncoder(TorchEncoder):
                 out[name] = res
         return out
 
-    def run_model(self, ids, mask):
+    def run_model(self, ids, mask, lengths):
+        """Device work for one text column: ``ids``/``mask`` [B, L] on the device, ``lengths``
+        [B] on the host; returns a tensor, a :class:`Ragged`, or {suffix: tensor}."""
         raise TypeError(f"{type(self).__name__} must implement run_model()")
 
 
@@ -222,7 +253,7 @@ class ClipTextEncoder(TextEncoder):
         self.tokenizer = self.load_tokenizer()
         self.model = CLIPTextModel.from_pretrained(self.options.model, **self.model_kwargs()).eval().to(device)
 
-    def run_model(self, ids, mask):
+    def run_model(self, ids, mask, lengths):
         out = self.model(input_ids=ids, attention_mask=mask if self.options.use_attention_mask else None)
         if self.options.pooled:
             return {"": out.last_hidden_state, "_pooled": out.pooler_output}
@@ -254,14 +285,12 @@ class T5TextEncoder(TextEncoder):
         from transformers import T5EncoderModel
 
         self.tokenizer = self.load_tokenizer()
+        self.tokenizer.padding_side = "right"  # tokens first: the unpadded rows are a prefix
         self.model = T5EncoderModel.from_pretrained(self.options.model, **self.model_kwargs()).eval().to(device)
 
-    def run_model(self, ids, mask):
+    def run_model(self, ids, mask, lengths):
         h = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        if self.options.store_pad_tokens:
-            return h
-        lengths = mask.sum(dim=1).tolist()
-        return [h[i, : int(n)] for i, n in enumerate(lengths)]
+        return h if self.options.store_pad_tokens else Ragged(h, lengths)
 
 
 class LlmMeanOptions(TextOptions):
@@ -320,7 +349,7 @@ class LlmMeanEncoder(TextEncoder):
             batch[out] = (ids, mask, truncated)
         return batch
 
-    def run_model(self, ids, mask):
+    def run_model(self, ids, mask, lengths):
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.options.layer != -1)
         h = out.last_hidden_state if self.options.layer == -1 else out.hidden_states[self.options.layer]
         m = mask.unsqueeze(-1).to(h.dtype)
@@ -328,8 +357,23 @@ class LlmMeanEncoder(TextEncoder):
 
 
 class OpenClipOptions(TextOptions):
-    model: str = Field(description="open_clip model name, e.g. 'hf-hub:apple/DFN5B-CLIP-ViT-H-14-384' or 'ViT-H-14'")
-    pretrained: str | None = Field(default=None, description="open_clip pretrained tag (not used for hf-hub: names)")
+    model: str = Field(
+        description="open_clip model: 'hf-hub:<repo>' (e.g. hf-hub:apple/DFN5B-CLIP-ViT-H-14-378, micro_diffusion's), "
+        "'local-dir:<path>' (open_clip_config.json + weights), or a built-in name with `pretrained`; "
+        "micro_diffusion's 'openclip:' prefix is accepted"
+    )
+    pretrained: str | None = Field(default=None, description="open_clip pretrained tag or weights file (built-in names only)")
+
+
+def _import_open_clip():
+    try:
+        import open_clip
+    except ImportError as e:
+        raise RuntimeError(
+            "encoder 'open-clip-text' needs open_clip, which is not installed: "
+            "pip install 'mmprep-encoders[open-clip]' (package open_clip_torch)"
+        ) from e
+    return open_clip
 
 
 class OpenClipTextEncoder(TextEncoder):
@@ -342,39 +386,91 @@ class OpenClipTextEncoder(TextEncoder):
 
     def __init__(self, options=None, context=None):
         super().__init__(options, context)
-        self._width: int | None = None
+        self.tower = None
+
+    @property
+    def model_name(self) -> str:
+        m = self.options.model
+        return m[len("openclip:"):] if m.startswith("openclip:") else m
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """open_clip's model_cfg (built-in, local-dir or the hub's open_clip_config.json; no weights)."""
+        if self._config is None:
+            cfg = _import_open_clip().get_model_config(self.model_name)
+            if cfg is None:
+                raise ValueError(f"open-clip-text: unknown open_clip model {self.options.model!r}")
+            self._config = cfg
+        return self._config
+
+    def hidden_size(self) -> int:
+        return int(self.config.get("text_cfg", {}).get("width", 512))
 
     def sample_shape(self):
-        return [self.options.max_length, self._width]
+        return [self.options.max_length, self.hidden_size()]
 
     def identity(self):
         o = self.options
-        return {**self.base_identity(), "class": self.model_class, "model": o.model, "pretrained": o.pretrained,
-                "max_length": o.max_length}
+        name = self.model_name
+        if name.startswith(("local-dir:", "hf-hub:")):
+            weights = weights_hash(name.split(":", 1)[1], None, o.revision)
+        elif o.pretrained and Path(o.pretrained).is_file():
+            weights = file_hash(Path(o.pretrained))
+        else:
+            weights = f"tag:{o.pretrained}"
+        return {**self.base_identity(), "class": self.model_class, "model": name, "pretrained": o.pretrained,
+                "weights": weights, "max_length": o.max_length}
 
     def load(self, device):
-        try:
-            import open_clip
-        except ImportError as e:
-            raise RuntimeError(
-                "encoder 'open-clip-text' needs open_clip, which is not installed: "
-                "pip install 'mmprep-encoders[open-clip]' (package open_clip_torch)"
-            ) from e
-        name = self.options.model
+        import torch
+
+        open_clip = _import_open_clip()
+        name = self.model_name
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=self.options.pretrained)
-        self.model = model.eval().to(device)
+        tower = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+        parts = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+        if tower is None or not all(hasattr(tower, a) for a in parts) or getattr(tower, "cls_emb", None) is not None:
+            kind = type(getattr(model, "text", model)).__name__
+            raise ValueError(
+                f"open-clip-text: {name} has a {kind} text tower; only open_clip's own text transformer "
+                "(CLIP, CustomTextCLIP without a CLS token) gives token states after ln_final"
+            )
+        context = int(tower.positional_embedding.shape[0])
+        if self.options.max_length > context:
+            raise ValueError(f"open-clip-text: max_length {self.options.max_length} exceeds {name}'s context length {context}")
+        if hasattr(model, "visual"):
+            model.visual = torch.nn.Identity()  # only the text tower is used: keep the image tower off the GPU
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.tower = tower
         self.tokenizer = open_clip.get_tokenizer(name)
-        self._width = int(self.model.ln_final.normalized_shape[0])
+
+    def unload_extra(self) -> None:
+        super().unload_extra()
+        self.tower = None
 
     def tokenize(self, texts, padding="max_length"):
-        ids = self.tokenizer(texts, context_length=self.options.max_length)
-        eot = ids.argmax(dim=-1)  # open_clip's EOT token has the largest id
-        truncated = np.zeros(len(texts), dtype=bool)
-        return self.pin(ids), self.pin((ids != 0).long()), truncated | (eot == ids.shape[1] - 1).numpy()
+        """open_clip's tokenizer (fixed ``max_length``; pad id 0). A text that fills the whole
+        context is checked with the tokenizer's own ``encode`` to tell a truncation from an
+        exact fit."""
+        import torch
 
-    def run_model(self, ids, mask):
-        m = self.model
-        x = m.token_embedding(ids)
-        x = x + m.positional_embedding[: ids.shape[1]]
-        x = m.transformer(x, attn_mask=m.attn_mask[: ids.shape[1], : ids.shape[1]])
-        return m.ln_final(x)
+        limit = self.options.max_length
+        ids = self.tokenizer(texts, context_length=limit)
+        truncated = (ids[:, -1] != 0).numpy().copy()
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is not None:
+            for i in np.flatnonzero(truncated):
+                truncated[i] = len(encode(texts[i])) + 2 > limit  # + start and end of text
+        return self.pin(ids.long()), self.pin((ids != 0).to(torch.int64)), truncated
+
+    def run_model(self, ids, mask, lengths):
+        t = self.tower
+        n = ids.shape[1]
+        x = t.token_embedding(ids)
+        cast = t.transformer.get_cast_dtype() if hasattr(t.transformer, "get_cast_dtype") else None
+        if cast is not None:
+            x = x.to(cast)
+        x = x + t.positional_embedding[:n].to(x.dtype)
+        attn = getattr(t, "attn_mask", None)
+        x = t.transformer(x, attn_mask=None if attn is None else attn[:n, :n])
+        return t.ln_final(x)

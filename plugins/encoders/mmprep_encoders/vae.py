@@ -162,7 +162,11 @@ class VaeEncoder(TorchEncoder):
         if o.channels_last:
             vae.to(memory_format=torch.channels_last)
         self.model = vae
-        threads = o.preprocess_threads or (min(8, __import__("os").cpu_count() or 1) if self.on_cuda else 1)
+        self.start_pool()
+
+    def start_pool(self) -> None:
+        """Threads that decode and resize a batch's images (Pillow releases the GIL)."""
+        threads = self.preprocess_threads()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mmprep-vae-decode") if threads > 1 else None
 
     def unload_extra(self) -> None:
