@@ -411,6 +411,11 @@ class UnitRunner:
         it = iter(units)
         with ThreadPoolExecutor(1, thread_name_prefix="mmprep-read-ahead") as pool:
             pending = deque((u, pool.submit(self.timed_read, u)) for u in itertools.islice(it, ahead + 1))
+            if pending and self.p.encoders and self.encode_remote is None:
+                try:  # the models load while the first unit is read
+                    self._setup_encoders()
+                except Exception:  # raised again by run_unit, for each unit, as without read-ahead
+                    pass
             while pending:
                 u, fut = pending.popleft()
                 try:

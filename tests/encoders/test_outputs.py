@@ -125,11 +125,18 @@ def test_variable_length_rows(as_list, output):
 
 
 def test_nan_in_the_padding_of_a_ragged_row_does_not_reject_it():
-    import torch
+    class PadNan(Toy):
+        def forward(self, batch):
+            import torch
 
-    enc = Toy([None, 2])
-    staged = enc._start_copy({"y": Ragged(torch.tensor([[[1.0, 2.0], [float("nan"), 0.0]]]), [1])}, np.array([0]))
-    assert staged[0]["y"][1].tolist() == [True]
+            y = torch.ones((len(batch["x"]), 3, 4))
+            y[:, 2] = float("nan")  # padding beyond length 2; the sample x = 0 also has a NaN inside
+            y[batch["x"] == 0, 1, 0] = float("nan")
+            return {"y": Ragged(y, [2] * len(batch["x"]))}
+
+    out = PadNan([None, 4], batch_size=4).encode(frame())
+    assert out[REJECT_REASON].to_list() == ["non_finite", None, None, None, "too_small_for_encoder"] + [None] * 6
+    assert np.frombuffer(out["y"][1], "<f4").tolist() == [1.0] * 8
 
 
 def test_an_output_of_another_shape_than_declared_is_a_clear_error():

@@ -213,3 +213,40 @@ def test_kill9_and_resume_equals_uninterrupted(models, tmp_path, mmprep_env):
     assert r.returncode == 0, r.stderr[-2000:]
     assert _read_shards(out / "wds") == _read_shards(tmp_path / "clean" / "wds")
     check_counts(json.loads((out / "_mmprep" / "manifest.json").read_text()))
+
+
+def test_models_load_while_the_first_unit_is_read(models, tmp_path, monkeypatch):
+    """With units in the driver, encoder setup runs while the read-ahead thread reads unit 0
+    (the read waits for setup to begin: it only can if both run at once); a setup that fails
+    still fails every unit with its error."""
+    import threading
+
+    import polars as pl
+
+    from mmprep.engine import UnitRunner
+
+    pl.DataFrame({"key": [f"k{i}" for i in range(6)], "image_bytes": [jpeg(64, 64, i) for i in range(6)]}).write_parquet(tmp_path / "in.parquet")
+    setting_up = threading.Event()
+    read, setup = UnitRunner.read, UnitRunner._setup_encoders
+
+    def slow_first_read(self, unit):
+        if unit["index"] == 0:
+            assert setting_up.wait(10), "the models were not loading while unit 0 was read"
+        return read(self, unit)
+
+    def logged_setup(self):
+        setting_up.set()
+        return setup(self)
+
+    monkeypatch.setattr(UnitRunner, "read", slow_first_read)
+    monkeypatch.setattr(UnitRunner, "_setup_encoders", logged_setup)
+    doc = {"datasets": [{"name": "d", "source": {"type": "parquet", "path": "in.parquet"}, "key": {"column": "key"}}],
+           "encode": [{"type": "vae", "model": str(models["vae"]), "resolutions": [32], "mode": "mean"}],
+           "write": [{"type": "parquet", "path": "pq"}], "run": {"samples_per_unit": 3, "device": "cpu"}}
+    res = Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(tmp_path / "ok"), workers=1, quiet=True)
+    assert res.ok and res.manifest["totals"]["written"] == 6
+
+    setting_up.set()
+    doc["encode"][0]["device"] = "cuda:7"  # no such device here (or on any GPU machine of this project)
+    bad = Pipeline.from_dict(doc, base_dir=tmp_path).run(out=str(tmp_path / "bad"), workers=1, quiet=True)
+    assert len(bad.failed) == 2 and all("cuda:7" in m for m in bad.failed.values())

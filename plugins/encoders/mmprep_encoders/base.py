@@ -376,10 +376,9 @@ class TorchEncoder(Encoder):
         staged: dict[str, tuple] = {}
         for name, val in out.items():
             if isinstance(val, Ragged):
+                # the sum covers the padding too: a row it flags is checked on its own rows only
                 values, lengths = val.values.to(tdt), torch.as_tensor(val.lengths, dtype=torch.int64).cpu()
-                inside = torch.arange(values.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
-                inside = inside.to(values.device).reshape(*inside.shape, *([1] * (values.dim() - 2)))
-                sums = torch.where(inside, values, 0).flatten(1).sum(1, dtype=torch.float32)
+                sums = values.flatten(1).sum(1, dtype=torch.float32)
                 staged[name] = ("ragged", self._host(torch.isfinite(sums)), self._host(values), lengths.numpy())
             elif isinstance(val, torch.Tensor):
                 values = val.to(tdt)
@@ -487,7 +486,8 @@ class _Column:
             for r, v in zip(rows, (v for v, k in zip(values, ok) if k)):
                 if list(v.shape[1:]) != self.shape[1:]:
                     raise ValueError(f"{encoder}: output {self.name!r} has shape {list(v.shape)} per sample, declared {self.shape}")
-                self.rows[r] = np.ascontiguousarray(v, dtype=self.np_dtype)
+                # a view of the batch's host copy (kept alive by it) when possible: joined once at the end
+                self.rows[r] = v if v.dtype == self.np_dtype and v.flags.c_contiguous else np.ascontiguousarray(v, dtype=self.np_dtype)
         self.valid[rows] = True
 
     def series(self) -> pl.Series:
