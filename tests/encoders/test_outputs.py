@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mmprep import REJECT_REASON, Context
+from mmprep import REJECT_MESSAGE, REJECT_REASON, Context
 from mmprep_encoders import base
 from mmprep_encoders.base import EncoderOptions, Ragged, TorchEncoder
 
@@ -160,5 +160,6 @@ def test_finiteness_is_checked_on_the_stored_values():
     assert np.frombuffer(kept["y"][0], "<f4").tolist() == [np.float32(3e38), np.float32(3e38) + 1]
     half = Toy([2], storage_dtype="float16").encode(big)
     assert half[REJECT_REASON].to_list() == ["non_finite", "non_finite"]
+    assert half[REJECT_MESSAGE].to_list() == ["toy: y has NaN/inf values (as float16)"] * 2
     small = Toy([2], storage_dtype="float16").encode(pl.DataFrame({"key": ["c"], "x": [60000.0]}))
     assert REJECT_REASON not in small.columns and np.frombuffer(small["y"][0], "<f2").tolist() == [60000.0, 60000.0]

@@ -414,7 +414,7 @@ class TorchEncoder(Encoder):
                 row = idx[j]
                 if not finite[j] and reasons[row] is None:
                     reasons[row] = "non_finite"
-                    messages[row] = f"{self.name}: {name} has NaN/inf values"
+                    messages[row] = f"{self.name}: {name} has NaN/inf values (as {self.options.storage_dtype})"
                     self._counters["non_finite"] += 1
             columns[name].put(idx, values, finite, self.name)
         self._counters["encoded"] += len(idx)
