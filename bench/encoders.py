@@ -44,6 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import numpy as np
 import polars as pl
+from mmprep_encoders.base import torch_dtype
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,12 +53,6 @@ SDXL_VAE = dict(
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, act_fn="silu",
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
 )
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 # -- inputs -------------------------------------------------------------------------------

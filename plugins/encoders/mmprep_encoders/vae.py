@@ -159,6 +159,8 @@ class VaeEncoder(TorchEncoder):
             kw["revision"] = o.revision
         vae = AutoencoderKL.from_pretrained(o.model, **kw).eval().requires_grad_(False)
         vae.to(device)
+        if device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
         if o.channels_last:
             vae.to(memory_format=torch.channels_last)
         self.model = vae
