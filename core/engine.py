@@ -403,7 +403,9 @@ class UnitRunner:
     def read_ahead(self, units: list[dict], ahead: int) -> Iterator[tuple[dict, Any]]:
         """Each unit with its :meth:`timed_read` result (or the exception it raised), reading
         up to ``ahead`` units ahead in a thread while the caller processes the current one
-        (polars and the sources' I/O release the GIL, so the read overlaps encoding and writing)."""
+        (polars and the sources' I/O release the GIL, so the read overlaps encoding and writing).
+        The encoder models are set up here, once the first reads are under way, so loading
+        them overlaps the first unit's read too."""
         if ahead <= 0:
             for u in units:
                 yield u, None

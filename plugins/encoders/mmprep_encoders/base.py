@@ -467,7 +467,7 @@ class _Column:
         self.fixed = None not in self.shape
         self.valid = np.zeros(n, dtype=bool)
         self.buf = np.empty((n, *self.shape), dtype=np_dtype) if self.fixed else None
-        self.rows: list[np.ndarray | None] = [] if self.fixed else [None] * n
+        self.rows: list[np.ndarray | None] | None = None if self.fixed else [None] * n
 
     def put(self, idx: np.ndarray, values, ok: np.ndarray, encoder: str) -> None:
         rows = idx[ok]
